@@ -1,0 +1,325 @@
+"""matrix.toml: loading, validation and everything derived from it.
+
+This module owns the reading of matrix.toml and the derivations other tools use (CMake arguments, the
+CI job matrix, library names). It does not build anything and does not look for toolkits (see
+ci/build_variant.py). Validation collects every problem of every row before failing, and each problem
+names the row, what is wrong and the fix, so that a bad row is refused here and never reaches CMake,
+whose own failure (`nvcc fatal : Unsupported gpu architecture 'compute_70'`) says none of that.
+
+CLI:  python ci/matrix.py check [--matrix PATH]
+      python ci/matrix.py list | cmake-args VARIANT | gha-matrix
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `ci` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ci import cuda_catalog  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MATRIX_PATH = ROOT / "matrix.toml"
+SCHEMA = 1
+PLATFORMS = ("linux-x86_64", "linux-aarch64", "win-amd64")
+COMPRESSION = {"all": "-Xfatbin=-compress-all", "size": "--compress-mode=size"}
+
+_COMMON_KEYS = {"backend", "reason", "platforms", "host_compiler"}
+_CUDA_KEYS = {"toolkit", "sass", "ptx", "compression", "min_driver"}
+_OPTIONAL_KEYS = {"toolkit_source"}
+_NAME = re.compile(r"^(cpu|cuda\d{3,4})$")
+_TOOLKIT = re.compile(r"^\d{2}\.\d{1,2}$")
+_DRIVER = re.compile(r"^\d{3}\.\d{1,3}(\.\d{1,3})?$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with matrix.toml: where, what, and how to fix it."""
+
+    row: str
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"[variants.{self.row}] {self.what}\n    fix: {self.fix}"
+
+
+class MatrixError(Exception):
+    """matrix.toml is invalid; carries every problem found."""
+
+    def __init__(self, path: Path, problems: list[Problem]):
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s); nothing was built:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One validated row of matrix.toml."""
+
+    name: str
+    backend: str
+    reason: str
+    platforms: tuple[str, ...]
+    host_compiler: str
+    toolkit: str | None = None
+    sass: tuple[int, ...] = ()
+    ptx: int | None = None
+    compression: str | None = None
+    min_driver: str | None = None
+    toolkit_source: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def library_stem(self) -> str:
+        """The one place the library name is computed: libkbit_<variant>.so / kbit_<variant>.dll."""
+        return library_stem(self.name)
+
+    @property
+    def cmake_archs(self) -> str:
+        """CMake CUDA_ARCHITECTURES: SASS as NN-real, the PTX arch as NN-virtual."""
+        return cmake_archs(self.sass, self.ptx)
+
+
+def library_stem(variant: str) -> str:
+    """`kbit_<variant>`: the output name, without platform prefix or suffix."""
+    return f"kbit_{variant}"
+
+
+def cmake_archs(sass: tuple[int, ...], ptx: int | None) -> str:
+    """Render an arch list in CMake's explicit form, e.g. "75-real;80-real;80-virtual"."""
+    items = [f"{a}-real" for a in sass] + ([f"{ptx}-virtual"] if ptx is not None else [])
+    return ";".join(items)
+
+
+def variant_name_for_toolkit(toolkit: str) -> str:
+    """"12.4" -> "cuda124": the row name a toolkit must have."""
+    major, minor = toolkit.split(".")
+    return f"cuda{major}{minor}"
+
+
+# ---------------------------------------------------------------- validation of one row
+
+def _check_keys(name: str, row: dict) -> list[Problem]:
+    backend = row.get("backend")
+    if backend not in ("cpu", "cuda"):
+        return [Problem(name, f"backend is {backend!r}", 'set backend = "cpu" or "cuda"')]
+    required = _COMMON_KEYS | (_CUDA_KEYS if backend == "cuda" else set())
+    allowed = required | (_OPTIONAL_KEYS if backend == "cuda" else set())
+    problems = [Problem(name, f"missing key {k!r}", f"add {k} (see the key list at the top of matrix.toml)")
+                for k in sorted(required - row.keys())]
+    problems += [Problem(name, f"unknown key {k!r}", f"remove it or rename it to one of {sorted(allowed)}")
+                 for k in sorted(row.keys() - allowed)]
+    return problems
+
+
+def _check_common(name: str, row: dict) -> list[Problem]:
+    problems = []
+    if not _NAME.match(name):
+        problems.append(Problem(name, "row name is not 'cpu' or 'cuda<major><minor>'",
+                                "name CUDA rows after their toolkit, e.g. [variants.cuda124] for 12.4"))
+    if not isinstance(row.get("reason"), str) or len(row.get("reason", "").strip()) < 10:
+        problems.append(Problem(name, "reason is missing or too short",
+                                "say in a sentence which users need this row"))
+    plats = row.get("platforms")
+    if not isinstance(plats, list) or not plats or any(p not in PLATFORMS for p in plats):
+        problems.append(Problem(name, f"platforms is {plats!r}", f"use a non-empty subset of {list(PLATFORMS)}"))
+    elif len(set(plats)) != len(plats):
+        problems.append(Problem(name, f"platforms has duplicates: {plats}", "list each platform once"))
+    if not isinstance(row.get("host_compiler"), str) or not row["host_compiler"].strip():
+        problems.append(Problem(name, "host_compiler is not a compiler name", 'e.g. host_compiler = "g++-12"'))
+    return problems
+
+
+def _check_toolkit(name: str, row: dict) -> list[Problem]:
+    toolkit = row.get("toolkit")
+    if not isinstance(toolkit, str) or not _TOOLKIT.match(toolkit):
+        return [Problem(name, f"toolkit is {toolkit!r}", 'write the CUDA toolkit as "major.minor", e.g. "12.4"')]
+    problems = []
+    if _NAME.match(name) and name != variant_name_for_toolkit(toolkit):
+        problems.append(Problem(name, f"row name does not match toolkit {toolkit}",
+                                f"rename the row to [variants.{variant_name_for_toolkit(toolkit)}] "
+                                f"or fix the toolkit"))
+    if cuda_catalog.toolkit_archs(toolkit) is None:
+        problems.append(Problem(name, f"toolkit {toolkit} is not in ci/cuda_catalog.py",
+                                f"add it there with the output of its `nvcc --list-gpu-code` "
+                                f"(known: {', '.join(cuda_catalog.known_toolkits())})"))
+    return problems
+
+
+def _check_archs(name: str, row: dict) -> list[Problem]:
+    sass, ptx, toolkit = row.get("sass"), row.get("ptx"), row.get("toolkit")
+    if not isinstance(sass, list) or not sass or not all(type(a) is int for a in sass):
+        return [Problem(name, f"sass is {sass!r}", "list compute capabilities as integers, e.g. sass = [75, 80, 86]")]
+    problems = []
+    dupes = sorted({a for a in sass if sass.count(a) > 1})
+    if dupes:
+        problems.append(Problem(name, f"sass lists {', '.join(f'sm_{a}' for a in dupes)} more than once",
+                                "list each arch once"))
+    elif sass != sorted(sass):
+        problems.append(Problem(name, f"sass is not in ascending order: {sass}", f"write it as {sorted(sass)}"))
+    entry = cuda_catalog.toolkit_archs(toolkit) if isinstance(toolkit, str) else None
+    if entry is not None:
+        bad = [a for a in sass if a not in entry.sass]
+        if bad:
+            archs = ", ".join(f"sm_{a}" for a in bad)
+            problems.append(Problem(name, f"CUDA {toolkit} cannot compile for {archs} ({entry.note})",
+                                    f"remove {archs} from this row, or build it in a row whose toolkit "
+                                    f"supports it; CUDA {toolkit} supports "
+                                    f"{' '.join(str(a) for a in entry.sass)}"))
+    if type(ptx) is not int:
+        problems.append(Problem(name, f"ptx is {ptx!r}", f"set ptx = {max(sass)} (the newest SASS arch)"))
+    elif ptx != max(sass):
+        problems.append(Problem(name, f"the PTX arch {ptx} is not the newest arch of the row ({max(sass)})",
+                                f"set ptx = {max(sass)}: PTX is embedded for the newest arch only, "
+                                f"as the forward-compatibility path for GPUs newer than the list"))
+    return problems
+
+
+def _check_cuda_misc(name: str, row: dict) -> list[Problem]:
+    problems = []
+    comp, toolkit = row.get("compression"), row.get("toolkit")
+    if comp not in COMPRESSION:
+        problems.append(Problem(name, f"compression is {comp!r}", f"use one of {sorted(COMPRESSION)}"))
+    elif comp == "size" and isinstance(toolkit, str) and _TOOLKIT.match(toolkit) \
+            and cuda_catalog.version_tuple(toolkit) < (13, 0):
+        problems.append(Problem(name, f'compression "size" on CUDA {toolkit} raises the driver floor',
+                                'use compression = "all" before CUDA 13.0'))
+    drv = row.get("min_driver")
+    if not isinstance(drv, str) or not _DRIVER.match(drv):
+        problems.append(Problem(name, f"min_driver is {drv!r}", 'write the Linux driver release, e.g. "550.54.14"'))
+    problems += _check_source(name, row.get("toolkit_source", {}))
+    return problems
+
+
+def _check_source(name: str, source: Any) -> list[Problem]:
+    if not isinstance(source, dict) or source.keys() - {"debian", "pypi"}:
+        return [Problem(name, f"toolkit_source is {source!r}", "use { debian = { suite, packages }, pypi = [...] }")]
+    problems = []
+    deb = source.get("debian")
+    if deb is not None and (not isinstance(deb, dict) or deb.keys() != {"suite", "packages"}
+                            or not all(isinstance(p, str) and "=" in p for p in deb.get("packages", [None]))):
+        problems.append(Problem(name, f"toolkit_source.debian is {deb!r}",
+                                'use debian = { suite = "trixie", packages = ["name=version", ...] }'))
+    pypi = source.get("pypi")
+    if pypi is not None and (not isinstance(pypi, list) or not all(isinstance(p, str) and "==" in p for p in pypi)):
+        problems.append(Problem(name, f"toolkit_source.pypi is {pypi!r}", 'pin every requirement: ["name==version"]'))
+    return problems
+
+
+def validate_row(name: str, row: Any) -> list[Problem]:
+    """Every problem of one row (an empty list when the row is valid)."""
+    if not isinstance(row, dict):
+        return [Problem(name, "is not a table", f"write it as [variants.{name}] with its keys")]
+    problems = _check_keys(name, row)
+    if problems and row.get("backend") not in ("cpu", "cuda"):
+        return problems
+    problems += _check_common(name, row)
+    if row["backend"] == "cuda":
+        problems += _check_toolkit(name, row) + _check_archs(name, row) + _check_cuda_misc(name, row)
+    return problems
+
+
+# ---------------------------------------------------------------- the whole file
+
+def _check_document(doc: dict) -> list[Problem]:
+    problems = [Problem("(top)", f"unknown top-level key {k!r}", "only `schema` and [variants.*] belong at the top")
+                for k in sorted(doc.keys() - {"schema", "variants"})]
+    if doc.get("schema") != SCHEMA:
+        problems.append(Problem("(top)", f"schema is {doc.get('schema')!r}", f"set schema = {SCHEMA}"))
+    variants = doc.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        return problems + [Problem("(top)", "no [variants.*] tables", "add at least [variants.cpu]")]
+    for name, row in variants.items():
+        problems += validate_row(name, row)
+    cpu_rows = [n for n, r in variants.items() if isinstance(r, dict) and r.get("backend") == "cpu"]
+    if cpu_rows != ["cpu"]:
+        problems.append(Problem("(top)", f"CPU rows are {cpu_rows}", "have exactly one CPU row, named [variants.cpu]"))
+    return problems
+
+
+def parse(text: str, path: Path = MATRIX_PATH) -> dict[str, Variant]:
+    """Validate matrix.toml's text and return its variants by name; raise MatrixError listing every problem."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise MatrixError(path, [Problem("(file)", f"is not valid TOML: {exc}",
+                                         "fix the syntax; a table defined twice (a duplicated row) also lands here")])
+    problems = _check_document(doc)
+    if problems:
+        raise MatrixError(path, problems)
+    return {name: _variant(name, row) for name, row in doc["variants"].items()}
+
+
+def _variant(name: str, row: dict) -> Variant:
+    return Variant(name=name, backend=row["backend"], reason=row["reason"], platforms=tuple(row["platforms"]),
+                   host_compiler=row["host_compiler"], toolkit=row.get("toolkit"), sass=tuple(row.get("sass", ())),
+                   ptx=row.get("ptx"), compression=row.get("compression"), min_driver=row.get("min_driver"),
+                   toolkit_source=row.get("toolkit_source", {}))
+
+
+def load(path: Path = MATRIX_PATH) -> dict[str, Variant]:
+    """Read and validate a matrix file."""
+    return parse(Path(path).read_text(encoding="utf-8"), Path(path))
+
+
+# ---------------------------------------------------------------- derivations
+
+def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None) -> list[str]:
+    """The -D arguments that configure CMake for one variant (optionally a subset of its SASS archs)."""
+    args = [f"-DKBIT_BACKEND={variant.backend}", f"-DKBIT_VARIANT={variant.name}"]
+    if variant.backend == "cuda":
+        chosen = tuple(sass) if sass else variant.sass
+        args += [f"-DKBIT_CUDA_ARCHS={cmake_archs(chosen, max(chosen))}",
+                 f"-DKBIT_CUDA_TOOLKIT={variant.toolkit}",
+                 f"-DKBIT_FATBIN_COMPRESSION={variant.compression}"]
+    return args
+
+
+def gha_matrix(variants: dict[str, Variant]) -> dict[str, list[dict[str, str]]]:
+    """The GitHub Actions job matrix: one job per (variant, platform)."""
+    runners = {"linux-x86_64": "ubuntu-24.04", "linux-aarch64": "ubuntu-24.04-arm", "win-amd64": "windows-2022"}
+    include = [{"variant": v.name, "platform": p, "runner": runners[p], "toolkit": v.toolkit or ""}
+               for v in variants.values() for p in v.platforms]
+    return {"include": include}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ci/matrix.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--matrix", type=Path, default=MATRIX_PATH, help="matrix file (default: matrix.toml)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("check", help="validate the matrix")
+    sub.add_parser("list", help="one line per variant")
+    sub.add_parser("gha-matrix", help="the CI job matrix as JSON")
+    cm = sub.add_parser("cmake-args", help="CMake -D arguments of one variant")
+    cm.add_argument("variant")
+    args = parser.parse_args(argv)
+    try:
+        variants = load(args.matrix)
+    except MatrixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.cmd == "check":
+        print(f"{args.matrix}: {len(variants)} variants valid: {', '.join(variants)}")
+    elif args.cmd == "list":
+        for v in variants.values():
+            print(f"{v.name:8} {v.backend:4} {v.toolkit or '-':5} sass={list(v.sass)} ptx={v.ptx} {','.join(v.platforms)}")
+    elif args.cmd == "gha-matrix":
+        print(json.dumps(gha_matrix(variants)))
+    elif args.cmd == "cmake-args":
+        if args.variant not in variants:
+            print(f"error: no variant {args.variant!r} in {args.matrix}; known: {', '.join(variants)}", file=sys.stderr)
+            return 2
+        print("\n".join(cmake_args(variants[args.variant])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

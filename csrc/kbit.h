@@ -1,0 +1,78 @@
+/* kbit.h: the C ABI of every kbit library (libkbit_cpu, libkbit_cuda<NNN>), the only public header.
+ *
+ * Rules of this ABI (they never change within an ABI version):
+ *  - The three handshake functions return values: kbit_abi_version(), kbit_build_info(), kbit_last_error().
+ *  - Every other function returns a kbit_status; 0 is success. On failure, kbit_last_error() returns a
+ *    thread-local text naming the failing step, with file and line. Nothing here ever ends the process.
+ *  - Pointers of the CPU library are host memory; pointers of a CUDA library are device memory of the
+ *    current device. CUDA functions enqueue on the caller's `stream` (NULL = legacy default stream) and do
+ *    not synchronize; CPU functions use `num_threads` threads (the caller passes torch.get_num_threads()).
+ *  - Sizes are int64_t element counts; an empty input (n == 0) is valid and does nothing.
+ */
+#ifndef KBIT_H
+#define KBIT_H
+
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  if defined(KBIT_BUILDING)
+#    define KBIT_API __declspec(dllexport)
+#  else
+#    define KBIT_API __declspec(dllimport)
+#  endif
+#else
+#  define KBIT_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever a signature or a meaning below changes; the Python loader refuses any other value. */
+#define KBIT_ABI_VERSION 1
+
+typedef enum kbit_status {
+  KBIT_OK = 0,
+  KBIT_ERR_INVALID_ARGUMENT = 1, /* a bad size, blocksize, dtype or pointer: the caller's mistake */
+  KBIT_ERR_NO_DRIVER = 2,        /* no NVIDIA driver, or one too old for this library's toolkit */
+  KBIT_ERR_NO_DEVICE = 3,        /* a driver but no usable GPU */
+  KBIT_ERR_NO_KERNEL_IMAGE = 4,  /* the GPU's arch is neither in the SASS list nor reachable by PTX JIT */
+  KBIT_ERR_CUDA = 5,             /* any other CUDA runtime error; the text has its name and code */
+  KBIT_ERR_INTERNAL = 6          /* a bug in kbit: please report it with kbit_build_info() */
+} kbit_status;
+
+typedef enum kbit_dtype { KBIT_F32 = 0, KBIT_F16 = 1, KBIT_BF16 = 2 } kbit_dtype;
+
+typedef enum kbit_map { KBIT_MAP_DYNAMIC_SIGNED = 0, KBIT_MAP_DYNAMIC_UNSIGNED = 1 } kbit_map;
+
+/* ---- handshake: return values, never change signature ---- */
+KBIT_API int32_t kbit_abi_version(void);
+/* JSON: {"abi", "kbit_version", "variant", "backend", "toolkit", "sass", "ptx", "compression",
+ *        "compiler", "commit"}; static storage, never NULL. */
+KBIT_API const char* kbit_build_info(void);
+/* The detail of the calling thread's last failure ("" when the last call succeeded); never NULL. */
+KBIT_API const char* kbit_last_error(void);
+
+/* ---- status-returning functions ---- */
+/* Number of usable devices: 0 with KBIT_OK in the CPU library; in CUDA libraries a missing driver or GPU
+ * is reported as KBIT_ERR_NO_DRIVER / KBIT_ERR_NO_DEVICE with *count = 0. */
+KBIT_API int kbit_device_count(int32_t* count);
+
+/* Copy the 256 float32 values of a code map into out (host memory, in every library). */
+KBIT_API int kbit_code_map(int32_t map, float* out);
+
+/* 8-bit blockwise dynamic quantization of A[n] (dtype) with the signed dynamic map:
+ * absmax[b] = max |A| over block b (ceil(n / blocksize) floats); out[i] = the code nearest to
+ * A[i] * (1 / absmax[b]). blocksize is a power of two in 64..4096. */
+KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* absmax, uint8_t* out,
+                                          int64_t n, int32_t blocksize, void* stream, int32_t num_threads);
+
+/* out[i] = map[codes[i]] * absmax[i / blocksize], written in dtype. */
+KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes, const float* absmax, void* out,
+                                            int64_t n, int32_t blocksize, void* stream, int32_t num_threads);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KBIT_H */

@@ -1,0 +1,70 @@
+/* blockwise8.h: the math of 8-bit blockwise dynamic quantization, written once for CPU and CUDA.
+ *
+ * Definitions (bitsandbytes' format; ../shared/reference/numerics.md):
+ *  - absmax[b] = max |x| over block b, as float32, unscaled.
+ *  - A value is normalised by multiplying with inv = 1 / absmax (a float32 division done once per block,
+ *    then one float32 multiply per element, as bitsandbytes does). Two edges are defined here:
+ *      absmax == 0 (all-zero block): inv = 0, every element normalises to 0 and dequantizes to exactly 0;
+ *      absmax subnormal so that 1/absmax overflows: the element is divided by absmax instead.
+ *  - The code is the exact nearest map value to the normalised value; on an exact midpoint the lower code
+ *    wins (bitsandbytes' `x > midpoint` decision trees and its argmin reference do the same).
+ *  - Non-finite input: absmax propagates NaN (a NaN anywhere makes absmax NaN) and inf; a block whose absmax
+ *    is not finite stores the zero code for every element, so the whole block dequantizes to NaN
+ *    (0 * inf and 0 * NaN). Nothing non-finite is ever hidden as a finite value.
+ *  - Dequantize: value = map[code] * absmax in float32, then rounded to the output dtype (nearest-even).
+ * Compiled with floating-point contraction off on every path, so CPU and GPU produce the same bits.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "numerics/host_device.h"
+
+namespace kbit {
+
+constexpr float kFloatMax = 3.40282346638528859811704183484516925e+38f;
+constexpr uint8_t kSignedZeroCode = 127;
+
+/* The storage of one map as the numerics need it: values[256] and exact midpoints mid_hi/lo[255]. */
+struct MapView {
+  const float* values;
+  const float* mid_hi;
+  const float* mid_lo;
+};
+
+/* One step of a NaN-propagating max of |x|. */
+KBIT_HD float absmax_step(float m, float x) {
+  const float a = x < 0.0f ? -x : x;
+  return (a > m || a != a) ? a : m;
+}
+
+KBIT_HD bool is_finite_scale(float absmax) { return absmax <= kFloatMax; }
+
+KBIT_HD float inverse_absmax(float absmax) { return absmax == 0.0f ? 0.0f : 1.0f / absmax; }
+
+KBIT_HD float normalize(float x, float absmax, float inv) { return inv > kFloatMax ? x / absmax : x * inv; }
+
+/* Exactly `x > hi + lo`, where (hi, lo) is a midpoint split into two floats (lo is 0 or half an ulp of hi). */
+KBIT_HD bool above_midpoint(float x, float hi, float lo) { return x > hi || (x == hi && lo < 0.0f); }
+
+/* The nearest code to x: the number of midpoints x lies strictly above (8 branch-free halving steps). */
+KBIT_HD uint8_t nearest_code(float x, const float* mid_hi, const float* mid_lo) {
+  int code = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int step = 128; step >= 1; step >>= 1) {
+    const int probe = code + step - 1;  // never above 254 (see the sum of the steps)
+    code += above_midpoint(x, mid_hi[probe], mid_lo[probe]) ? step : 0;
+  }
+  return static_cast<uint8_t>(code);
+}
+
+KBIT_HD uint8_t quantize_8bit(float x, float absmax, float inv, const MapView& map) {
+  if (!is_finite_scale(absmax)) return kSignedZeroCode;
+  return nearest_code(normalize(x, absmax, inv), map.mid_hi, map.mid_lo);
+}
+
+KBIT_HD float dequantize_8bit(uint8_t code, float absmax, const float* values) { return values[code] * absmax; }
+
+}  // namespace kbit

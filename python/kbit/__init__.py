@@ -1,0 +1,14 @@
+"""kbit: k-bit quantization and 8-bit optimizers for PyTorch, in bitsandbytes-compatible formats.
+
+Importing kbit loads no native library; the first native call does (see kbit._native).
+"""
+from kbit import functional
+from kbit._errors import (AbiMismatchError, BackendUnavailableError, CudaError, InternalError, KbitError,
+                          KbitValueError, LibraryLoadError, NativeArgumentError, NativeError, NoDeviceError,
+                          NoDriverError, NoKernelImageError)
+
+__version__ = "0.1.0"
+
+__all__ = ["functional", "__version__", "KbitError", "KbitValueError", "BackendUnavailableError", "LibraryLoadError",
+           "AbiMismatchError", "NativeError", "NativeArgumentError", "NoDriverError", "NoDeviceError",
+           "NoKernelImageError", "CudaError", "InternalError"]

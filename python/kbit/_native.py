@@ -1,0 +1,135 @@
+"""Loading kbit's native libraries and calling them.
+
+This module owns: where a library file is (inside the installed package, by importlib.resources, never by
+LD_LIBRARY_PATH or the working directory), loading it once (lazily, under a lock), the ABI handshake, the
+ctypes prototypes of csrc/kbit.h, and turning a failure status into a typed error. It does not decide which
+CUDA variant suits the machine.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbit import _errors
+
+ABI_VERSION = 1  # must equal KBIT_ABI_VERSION in csrc/kbit.h (tests/test_abi.py checks)
+_PACKAGE = "kbit"
+
+_c_int, _i32, _i64, _vp = ctypes.c_int, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
+_f32p, _u8p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_uint8)
+_PROTOTYPES: dict[str, tuple[type, tuple]] = {
+    "kbit_abi_version": (_i32, ()),
+    "kbit_build_info": (ctypes.c_char_p, ()),
+    "kbit_last_error": (ctypes.c_char_p, ()),
+    "kbit_device_count": (_c_int, (ctypes.POINTER(_i32),)),
+    "kbit_code_map": (_c_int, (_i32, _f32p)),
+    "kbit_quantize_blockwise_8bit": (_c_int, (_i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
+    "kbit_dequantize_blockwise_8bit": (_c_int, (_i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
+}
+
+_STATUS_ERRORS = {
+    1: (_errors.NativeArgumentError, "check the arguments; please report it if kbit's Python layer let this through"),
+    2: (_errors.NoDriverError, "install or update the NVIDIA driver (nvidia-smi shows its CUDA version)"),
+    3: (_errors.NoDeviceError, "check nvidia-smi and CUDA_VISIBLE_DEVICES"),
+    4: (_errors.NoKernelImageError, "use a kbit variant whose archs cover this GPU"),
+    5: (_errors.CudaError, "see the CUDA error above"),
+    6: (_errors.InternalError, "this is a kbit bug: please report it with kbit's build info"),
+}
+
+
+def library_filename(variant: str) -> str:
+    """The file name of a variant's library: the one place Python computes it (CMake: kbit_output_name)."""
+    stem = f"kbit_{variant}"
+    return f"{stem}.dll" if sys.platform == "win32" else f"lib{stem}.so"
+
+
+def package_dir() -> Path:
+    """The installed kbit package folder (works for wheels and editable installs)."""
+    return Path(str(importlib.resources.files(_PACKAGE)))
+
+
+def bundled_manifests() -> dict[str, dict]:
+    """Build manifests (`kbit_<variant>.build.json`, written by CMake from what was built) by variant."""
+    found = {}
+    for entry in importlib.resources.files(_PACKAGE).iterdir():
+        if entry.name.startswith("kbit_") and entry.name.endswith(".build.json"):
+            info = json.loads(entry.read_text(encoding="utf-8"))
+            found[info["variant"]] = info
+    return found
+
+
+@dataclass(frozen=True)
+class NativeLibrary:
+    """One loaded kbit library: its path, build info and ctypes handle."""
+
+    path: Path
+    handle: ctypes.CDLL
+    build_info: dict
+
+    def call(self, function: str, *args) -> None:
+        """Call a status-returning function; raise the typed error of its status."""
+        status = getattr(self.handle, function)(*args)
+        if status != 0:
+            detail = self.handle.kbit_last_error().decode("utf-8", "replace")
+            cls, fix = _STATUS_ERRORS.get(status, (_errors.InternalError, "unknown status: please report it"))
+            raise cls(function, status, detail, fix)
+
+
+def _declare(handle: ctypes.CDLL, path: Path) -> None:
+    for name, (restype, argtypes) in _PROTOTYPES.items():
+        try:
+            fn = getattr(handle, name)
+        except AttributeError:
+            raise _errors.LibraryLoadError(
+                f"{path} does not export {name}: it is not a kbit library of this version. "
+                f"fix: reinstall kbit (pip install --force-reinstall kbit)") from None
+        fn.restype, fn.argtypes = restype, argtypes
+
+
+def load_library(path: Path) -> NativeLibrary:
+    """Load one library by absolute path, check its ABI version, and declare its prototypes."""
+    if not path.is_file():
+        raise _errors.LibraryLoadError(
+            f"kbit's library {path} does not exist. The package folder {path.parent} holds: "
+            f"{sorted(p.name for p in path.parent.glob('*kbit_*')) or 'no kbit libraries'}. "
+            f"fix: reinstall kbit (pip install --force-reinstall kbit), or from a source checkout `pip install .`")
+    try:
+        handle = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise _errors.LibraryLoadError(
+            f"the system loader refused {path}: {exc}. fix: reinstall kbit (pip install --force-reinstall kbit); "
+            f"python -m kbit shows what this machine has") from exc
+    _declare(handle, path)
+    found = handle.kbit_abi_version()
+    if found != ABI_VERSION:
+        raise _errors.AbiMismatchError(
+            f"{path} speaks kbit ABI {found}, but the kbit Python package loaded in this process speaks ABI "
+            f"{ABI_VERSION}. fix: if kbit was upgraded inside a running notebook or process, restart it; "
+            f"otherwise reinstall kbit so that its Python files and libraries come from one version")
+    return NativeLibrary(path, handle, json.loads(handle.kbit_build_info().decode("utf-8")))
+
+
+_lock = threading.Lock()
+_loaded: dict[str, NativeLibrary] = {}
+
+
+def library(variant: str) -> NativeLibrary:
+    """The loaded library of `variant`, loading it on first use (once, even when threads race)."""
+    lib = _loaded.get(variant)
+    if lib is None:
+        with _lock:
+            lib = _loaded.get(variant)
+            if lib is None:
+                lib = load_library(package_dir() / library_filename(variant))
+                _loaded[variant] = lib
+    return lib
+
+
+def cpu() -> NativeLibrary:
+    """libkbit_cpu, which serves every CPU tensor."""
+    return library("cpu")

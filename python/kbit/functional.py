@@ -1,0 +1,158 @@
+"""kbit.functional: quantization functions on torch tensors.
+
+This module owns argument checking and the mapping of tensors onto the C ABI. The numerics are native
+(csrc/numerics/), the library choice is kbit._native's. Formats are bitsandbytes' (see the docstrings).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from kbit import _errors, _native
+
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_BLOCKSIZES_8BIT = tuple(2 ** k for k in range(6, 13))  # 64 .. 4096
+
+
+@dataclass(frozen=True)
+class BlockwiseQuantState:
+    """What dequantize_blockwise needs besides the codes: bitsandbytes' 8-bit blockwise state.
+
+    absmax: float32 [ceil(n / blocksize)], the unscaled max |x| of each block; code: the 256-value signed
+    dynamic map (float32, for interchange: kbit always quantizes with it); blocksize; dtype and shape of the
+    original tensor.
+    """
+
+    absmax: torch.Tensor
+    code: torch.Tensor
+    blocksize: int
+    dtype: torch.dtype
+    shape: torch.Size
+
+
+@functools.cache
+def _map(signed: bool) -> torch.Tensor:
+    out = torch.empty(256, dtype=torch.float32)
+    _native.cpu().call("kbit_code_map", 0 if signed else 1, ctypes.cast(out.data_ptr(), ctypes.POINTER(ctypes.c_float)))
+    return out
+
+
+def create_dynamic_map(signed: bool = True) -> torch.Tensor:
+    """The 256-value dynamic map (bitsandbytes' create_dynamic_map(signed, 7, 8)), as a new float32 tensor."""
+    return _map(bool(signed)).clone()
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+def _check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise _errors.KbitValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _check_float_dtype(name: str, dtype: torch.dtype) -> int:
+    if dtype not in _DTYPES:
+        raise _errors.KbitValueError(
+            f"{name} has dtype {dtype}; kbit quantizes torch.float32, torch.float16 and torch.bfloat16. "
+            f"fix: convert first, e.g. {name}.float()")
+    return _DTYPES[dtype]
+
+
+def _check_blocksize(blocksize: object) -> int:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in _BLOCKSIZES_8BIT:
+        raise _errors.KbitValueError(
+            f"blocksize={blocksize!r} is not supported for 8-bit blockwise quantization; "
+            f"use one of {', '.join(map(str, _BLOCKSIZES_8BIT))} (default 4096)")
+    return blocksize
+
+
+def _library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
+    if t.device.type == "cpu":
+        return _native.cpu()
+    if t.device.type == "cuda":
+        bundled = ", ".join(sorted(_native.bundled_manifests())) or "none"
+        raise _errors.BackendUnavailableError(
+            f"{name} is on {t.device}, but this kbit installation serves only CPU tensors: its package folder "
+            f"{_native.package_dir()} bundles the variants: {bundled}. fix: move the tensor with {name}.cpu(), or "
+            f"build a CUDA variant (nox -s build-cuda130) and install a wheel that bundles it")
+    raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors. "
+                                 f"fix: move it with {name}.cpu()")
+
+
+def _ptr(t: torch.Tensor) -> int | None:
+    return t.data_ptr() or None
+
+
+# ---------------------------------------------------------------------------------------- 8-bit blockwise
+
+def quantize_blockwise(A: torch.Tensor, blocksize: int = 4096) -> tuple[torch.Tensor, BlockwiseQuantState]:
+    """8-bit blockwise dynamic quantization (bitsandbytes' format).
+
+    A (float32, float16 or bfloat16, any shape, any device kbit serves) is split into blocks of `blocksize`
+    consecutive elements in row-major order; the last block may be shorter. absmax[b] = max |x| over block b;
+    each element gets the code of the signed dynamic map nearest to x * (1 / absmax[b]), exactly (ties go to
+    the lower code). An all-zero block gets absmax 0 and dequantizes to exact zeros. A block holding inf or
+    NaN gets absmax inf or NaN (NaN wins) and dequantizes to NaN everywhere, so non-finite input is never
+    turned into finite numbers. Returns (codes: uint8 tensor of A's shape, state).
+    """
+    A = _check_tensor("A", A)
+    dtype_id = _check_float_dtype("A", A.dtype)
+    bs = _check_blocksize(blocksize)
+    lib = _library_for(A, "A")
+    src = A.detach().contiguous()
+    n = src.numel()
+    codes = torch.empty(A.shape, dtype=torch.uint8, device=A.device)
+    absmax = torch.empty((n + bs - 1) // bs, dtype=torch.float32, device=A.device)
+    lib.call("kbit_quantize_blockwise_8bit", dtype_id, _ptr(src), _ptr(absmax), _ptr(codes), n, bs, None,
+             torch.get_num_threads())
+    return codes, BlockwiseQuantState(absmax, _map(True).to(A.device), bs, A.dtype, A.shape)
+
+
+def _check_state(codes: torch.Tensor, state: object) -> BlockwiseQuantState:
+    if not isinstance(state, BlockwiseQuantState):
+        raise _errors.KbitValueError(f"state must be the BlockwiseQuantState returned by quantize_blockwise, "
+                                     f"got {type(state).__name__}")
+    _check_blocksize(state.blocksize)
+    _check_float_dtype("the state", state.dtype)
+    n = codes.numel()
+    if state.shape.numel() != n:
+        raise _errors.KbitValueError(f"codes have {n} elements but the state describes shape {tuple(state.shape)}; "
+                                     f"fix: pass the codes and the state of the same quantize_blockwise call")
+    blocks = (n + state.blocksize - 1) // state.blocksize
+    absmax = state.absmax
+    if absmax.dtype != torch.float32 or absmax.numel() != blocks or absmax.device != codes.device:
+        raise _errors.KbitValueError(
+            f"state.absmax must be {blocks} float32 values on {codes.device} for {n} codes at blocksize "
+            f"{state.blocksize}; it is {absmax.numel()} {absmax.dtype} values on {absmax.device}")
+    if state.code is not None and not torch.equal(state.code.detach().cpu().float(), _map(True)):
+        raise _errors.KbitValueError("state.code is not the signed dynamic map; kbit's kernels quantize with that "
+                                     "map only (custom maps are not supported)")
+    return state
+
+
+def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """Inverse of quantize_blockwise: map[code] * absmax[block] in float32, rounded to state.dtype.
+
+    `out`, when given, must have state's dtype and shape on the codes' device; it is written and returned.
+    """
+    codes = _check_tensor("codes", codes)
+    if codes.dtype != torch.uint8:
+        raise _errors.KbitValueError(f"codes have dtype {codes.dtype}; pass the uint8 codes from quantize_blockwise")
+    state = _check_state(codes, state)
+    lib = _library_for(codes, "codes")
+    if out is None:
+        out = torch.empty(state.shape, dtype=state.dtype, device=codes.device)
+    elif (_check_tensor("out", out).dtype != state.dtype or out.shape != state.shape or out.device != codes.device
+          or not out.is_contiguous()):
+        raise _errors.KbitValueError(
+            f"out must be a contiguous {state.dtype} tensor of shape {tuple(state.shape)} on {codes.device}; "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
+    src = codes.contiguous()
+    absmax = state.absmax.contiguous()
+    lib.call("kbit_dequantize_blockwise_8bit", _DTYPES[state.dtype], _ptr(src), _ptr(absmax), _ptr(out), src.numel(),
+             state.blocksize, None, torch.get_num_threads())
+    return out
