@@ -48,9 +48,29 @@ def library_filename(variant: str) -> str:
     return f"{stem}.dll" if sys.platform == "win32" else f"lib{stem}.so"
 
 
-def package_dir() -> Path:
-    """The installed kbit package folder (works for wheels and editable installs)."""
-    return Path(str(importlib.resources.files(_PACKAGE)))
+def package_dir() -> str:
+    """Where the installed kbit package is, for messages (an editable install may span two folders)."""
+    return str(importlib.resources.files(_PACKAGE))
+
+
+def _package_entries() -> list[str]:
+    return sorted(entry.name for entry in importlib.resources.files(_PACKAGE).iterdir())
+
+
+def library_path(variant: str) -> Path:
+    """Absolute path of a variant's library inside the installed package (wheel or editable install)."""
+    resource = importlib.resources.files(_PACKAGE).joinpath(library_filename(variant))
+    if not resource.is_file():
+        present = [name for name in _package_entries() if "kbit_" in name] or ["no kbit libraries"]
+        raise _errors.LibraryLoadError(
+            f"kbit's library {library_filename(variant)} is not in the installed package ({package_dir()}), "
+            f"which holds: {', '.join(present)}. fix: reinstall kbit (pip install --force-reinstall kbit), "
+            f"or from a source checkout `pip install .`")
+    if not isinstance(resource, Path):
+        raise _errors.LibraryLoadError(
+            f"kbit is installed in a form that is not plain files on disk ({type(resource).__name__}); native "
+            f"libraries cannot be loaded from it. fix: install kbit with pip into a normal environment")
+    return resource.resolve()
 
 
 def bundled_manifests() -> dict[str, dict]:
@@ -93,11 +113,6 @@ def _declare(handle: ctypes.CDLL, path: Path) -> None:
 
 def load_library(path: Path) -> NativeLibrary:
     """Load one library by absolute path, check its ABI version, and declare its prototypes."""
-    if not path.is_file():
-        raise _errors.LibraryLoadError(
-            f"kbit's library {path} does not exist. The package folder {path.parent} holds: "
-            f"{sorted(p.name for p in path.parent.glob('*kbit_*')) or 'no kbit libraries'}. "
-            f"fix: reinstall kbit (pip install --force-reinstall kbit), or from a source checkout `pip install .`")
     try:
         handle = ctypes.CDLL(str(path))
     except OSError as exc:
@@ -125,7 +140,7 @@ def library(variant: str) -> NativeLibrary:
         with _lock:
             lib = _loaded.get(variant)
             if lib is None:
-                lib = load_library(package_dir() / library_filename(variant))
+                lib = load_library(library_path(variant))
                 _loaded[variant] = lib
     return lib
 

@@ -1,0 +1,82 @@
+"""nox sessions for kbit; the build sessions are generated from matrix.toml (`nox -l` lists them).
+
+- build-<variant>: build one library of matrix.toml into build/staging/<platform>/kbit/ (ci/build_variant.py);
+  `nox -s build-cuda130 -- --archs 80` builds a subset of the row's archs.
+- toolkit-<variant>: fetch the row's CUDA toolkit (toolkit_source) into .toolkits/<variant>.
+- tests: the test suite in a fresh venv with the package installed (README's test command).
+- check: validate matrix.toml and the generated numerics tables.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from ci import matrix  # noqa: E402
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests"]
+
+# The torch the tests run against; this machine's pip finds torch 2.13.0 (a CPU build) on local disk.
+TEST_TORCH = os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0")
+BUILD_TOOLS = ("cmake>=3.25", "ninja")
+
+try:
+    VARIANTS = matrix.load()
+except matrix.MatrixError as exc:  # no session may run on an invalid matrix; say why instead of a traceback
+    sys.exit(f"noxfile.py: {exc}")
+
+
+def _describe(v: matrix.Variant) -> str:
+    if v.backend == "cpu":
+        return "the CPU library"
+    return f"CUDA {v.toolkit}, SASS {' '.join(map(str, v.sass))} + PTX {v.ptx}"
+
+
+def _build(session: nox.Session, *, variant: str) -> None:
+    session.install(*BUILD_TOOLS)
+    session.run("python", str(ROOT / "ci" / "build_variant.py"), variant, *session.posargs)
+
+
+def _fetch_toolkit(session: nox.Session, *, variant: str) -> None:
+    session.run("python", str(ROOT / "ci" / "toolkit_fetch.py"), variant, "--dest",
+                str(ROOT / ".toolkits" / variant), *session.posargs)
+
+
+def _register(v: matrix.Variant) -> None:
+    def build(session: nox.Session) -> None:
+        _build(session, variant=v.name)
+
+    build.__doc__ = f"Build {matrix.library_stem(v.name)} ({_describe(v)}) into build/staging/<platform>/kbit."
+    nox.session(name=f"build-{v.name}", default=False)(build)
+    if v.toolkit_source:
+        def toolkit(session: nox.Session) -> None:
+            _fetch_toolkit(session, variant=v.name)
+
+        toolkit.__doc__ = f"Fetch the CUDA {v.toolkit} toolkit for build-{v.name} into .toolkits/{v.name}."
+        nox.session(name=f"toolkit-{v.name}", default=False, venv_backend="none")(toolkit)
+
+
+for _variant in VARIANTS.values():
+    _register(_variant)
+
+
+@nox.session(default=False)
+def check(session: nox.Session) -> None:
+    """Validate matrix.toml and check that the generated numerics header is up to date."""
+    session.install(TEST_TORCH)
+    session.run("python", str(ROOT / "ci" / "matrix.py"), "check")
+    session.run("python", str(ROOT / "ci" / "gen_numerics.py"), "--check")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest) in a fresh venv with kbit installed from this checkout."""
+    session.install(TEST_TORCH)
+    session.install(".[test]", *BUILD_TOOLS, "nox", "nvidia-cuda-cuobjdump")
+    session.run("pytest", *session.posargs)

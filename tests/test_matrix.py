@@ -1,0 +1,179 @@
+"""matrix.toml validation: the real file is valid; every bad row is refused with row, problem and fix."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ci import build_variant, cuda_catalog, matrix
+
+GOOD_CUDA = """
+[variants.cuda130]
+backend = "cuda"
+reason = "a row used by these tests"
+platforms = ["linux-x86_64"]
+host_compiler = "g++-12"
+toolkit = "13.0"
+sass = [75, 80, 120]
+ptx = 120
+compression = "size"
+min_driver = "580.65.06"
+"""
+CPU = """
+schema = 1
+[variants.cpu]
+backend = "cpu"
+reason = "serves CPU tensors in these tests"
+platforms = ["linux-x86_64"]
+host_compiler = "g++-12"
+"""
+
+
+def _doc(cuda_row: str = GOOD_CUDA, **edits: str) -> str:
+    for old, new in edits.items():
+        old = old.replace("__", " = ")
+        assert old in cuda_row, old
+        cuda_row = cuda_row.replace(old, new)
+    return CPU + cuda_row
+
+
+def _problems(text: str) -> list[matrix.Problem]:
+    with pytest.raises(matrix.MatrixError) as info:
+        matrix.parse(text)
+    return info.value.problems
+
+
+def test_the_real_matrix_is_valid_and_has_the_starting_rows():
+    variants = matrix.load()
+    assert {"cpu", "cuda118", "cuda124", "cuda128", "cuda130"} <= set(variants)
+    for v in variants.values():
+        if v.backend == "cuda":
+            assert list(v.sass) == sorted(set(v.sass)) and v.ptx == max(v.sass)
+
+
+def test_the_good_test_row_is_valid():
+    assert matrix.parse(_doc())["cuda130"].cmake_archs == "75-real;80-real;120-real;120-virtual"
+
+
+# (description, text, words every message must contain)
+BAD_ROWS = [
+    ("sm_70 on CUDA 13.0", _doc(**{"sass = [75, 80, 120]": "sass = [70, 75, 80, 120]"}),
+     ["cuda130", "sm_70", "13.0", "fix", "remove sm_70"]),
+    ("sm_50 and sm_60 on CUDA 13.0", _doc(**{"sass = [75, 80, 120]": "sass = [50, 60, 75, 80, 120]"}),
+     ["sm_50, sm_60", "13.0"]),
+    ("sm_100 before 12.8",
+     _doc(**{'toolkit = "13.0"': 'toolkit = "12.4"', "cuda130]": "cuda124]", '"size"': '"all"',
+             "sass = [75, 80, 120]": "sass = [75, 80, 100]", "ptx = 120": "ptx = 100"}),
+     ["cuda124", "sm_100", "12.4"]),
+    ("sm_120 before 12.8",
+     _doc(**{'toolkit = "13.0"': 'toolkit = "12.6"', "cuda130]": "cuda126]", '"size"': '"all"'}),
+     ["cuda126", "sm_120", "12.6"]),
+    ("PTX not the newest", _doc(**{"ptx = 120": "ptx = 80"}), ["PTX arch 80 is not the newest", "ptx = 120"]),
+    ("PTX missing", _doc(**{"ptx = 120\n": ""}), ["missing key 'ptx'"]),
+    ("duplicate arch", _doc(**{"sass = [75, 80, 120]": "sass = [75, 80, 80, 120]"}), ["sm_80 more than once"]),
+    ("unordered archs", _doc(**{"sass = [75, 80, 120]": "sass = [80, 75, 120]"}), ["ascending", "[75, 80, 120]"]),
+    ("arch as a string", _doc(**{"sass = [75, 80, 120]": 'sass = ["sm_75"]'}), ["integers"]),
+    ("unknown key", _doc(**{'min_driver = "580.65.06"': 'min_driver = "580.65.06"\narches = [1]'}),
+     ["unknown key 'arches'", "sass"]),
+    ("name does not match toolkit", _doc(**{"cuda130]": "cuda124]"}), ["cuda124", "[variants.cuda130]"]),
+    ("unknown toolkit", _doc(**{'toolkit = "13.0"': 'toolkit = "13.9"', "cuda130]": "cuda139]"}),
+     ["13.9", "ci/cuda_catalog.py"]),
+    ("size compression on 12.x",
+     _doc(**{'toolkit = "13.0"': 'toolkit = "12.8"', "cuda130]": "cuda128]"}), ['"size"', "12.8", '"all"']),
+    ("bad compression", _doc(**{'"size"': '"max"'}), ["compression is 'max'"]),
+    ("bad platform", _doc(**{'["linux-x86_64"]\nhost': '["linux-riscv64"]\nhost'}), ["platforms", "linux-aarch64"]),
+    ("bad driver", _doc(**{'"580.65.06"': '"latest"'}), ["min_driver"]),
+    ("missing reason", _doc(**{'reason = "a row used by these tests"\n': ""}), ["missing key 'reason'"]),
+    ("unpinned pypi source",
+     _doc(**{'min_driver = "580.65.06"': 'min_driver = "580.65.06"\ntoolkit_source = { pypi = ["nvidia-cuda-nvcc"] }'}),
+     ["toolkit_source.pypi", "pin"]),
+    ("bad backend", _doc(**{'backend = "cuda"': 'backend = "rocm"'}), ["backend is 'rocm'"]),
+    ("duplicated row (TOML)", _doc() + GOOD_CUDA, ["not valid TOML", "defined twice"]),
+    ("second cpu row", _doc() + CPU.replace("schema = 1", "").replace("variants.cpu", "variants.cpu2"),
+     ["exactly one CPU row"]),
+]
+
+
+@pytest.mark.parametrize("text,words", [pytest.param(t, w, id=d) for d, t, w in BAD_ROWS])
+def test_bad_rows_are_refused_with_row_problem_and_fix(text, words):
+    problems = _problems(text)
+    message = str(matrix.MatrixError(matrix.MATRIX_PATH, problems))
+    for word in words:
+        assert word in message, f"{word!r} not in:\n{message}"
+    assert all(p.fix for p in problems)
+
+
+def test_every_problem_is_reported_at_once():
+    text = _doc(**{"sass = [75, 80, 120]": "sass = [70, 80, 75]", '"size"': '"max"'})
+    whats = " | ".join(p.what for p in _problems(text))
+    assert "sm_70" in whats and "ascending" in whats and "compression" in whats
+
+
+def test_unknown_top_level_key_and_schema():
+    problems = _problems("schema = 2\ncolour = 1\n" + CPU.replace("schema = 1", ""))
+    text = " ".join(p.what for p in problems)
+    assert "schema is 2" in text and "'colour'" in text
+
+
+def test_cli_check_refuses_sm70_on_cuda13_before_anything_runs(tmp_path):
+    bad = tmp_path / "matrix.toml"
+    bad.write_text(_doc(**{"sass = [75, 80, 120]": "sass = [70, 75, 80, 120]"}))
+    done = subprocess.run([sys.executable, str(matrix.ROOT / "ci" / "matrix.py"), "--matrix", str(bad), "check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "[variants.cuda130] CUDA 13.0 cannot compile for sm_70" in done.stderr
+    assert "nvcc fatal" not in done.stderr
+
+
+def test_build_refuses_a_bad_matrix_before_cmake_is_called(tmp_path):
+    """The user meets our message, never CMake's `nvcc fatal : Unsupported gpu architecture 'compute_70'`."""
+    bad = tmp_path / "matrix.toml"
+    bad.write_text(_doc(**{"sass = [75, 80, 120]": "sass = [70, 75, 80, 120]"}))
+    marker = tmp_path / "cmake-was-called"
+    fake_cmake = tmp_path / "cmake"
+    fake_cmake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake_cmake.chmod(0o755)
+    with pytest.raises(matrix.MatrixError, match="cannot compile for sm_70"):
+        build_variant.build("cuda130", matrix_path=bad, cmake=str(fake_cmake), build_root=tmp_path / "b")
+    assert not marker.exists()
+    assert not (tmp_path / "b").exists()
+
+
+def test_cmake_args_are_derived_from_the_row():
+    v = matrix.load()["cuda130"]
+    args = matrix.cmake_args(v)
+    assert f"-DKBIT_CUDA_ARCHS={';'.join(f'{a}-real' for a in v.sass)};{v.ptx}-virtual" in args
+    assert f"-DKBIT_CUDA_TOOLKIT={v.toolkit}" in args and "-DKBIT_VARIANT=cuda130" in args
+    sub = matrix.cmake_args(v, (80,))
+    assert "-DKBIT_CUDA_ARCHS=80-real;80-virtual" in sub
+
+
+def test_ci_job_matrix_has_one_job_per_variant_and_platform():
+    variants = matrix.load()
+    jobs = matrix.gha_matrix(variants)["include"]
+    assert len(jobs) == sum(len(v.platforms) for v in variants.values())
+    assert {(j["variant"], j["platform"]) for j in jobs} == {(v.name, p) for v in variants.values() for p in v.platforms}
+    done = subprocess.run([sys.executable, str(matrix.ROOT / "ci" / "matrix.py"), "gha-matrix"],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["include"] == jobs
+
+
+def test_catalog_agrees_with_the_real_nvcc():
+    """ci/cuda_catalog.py is authored; the toolkit on this machine is the evidence it must match."""
+    from conftest import require_tool
+
+    v = matrix.load()["cuda130"]
+    try:
+        nvcc = build_variant.find_toolkit(v)
+    except build_variant.ToolkitNotFoundError:
+        nvcc = None
+    require_tool("a CUDA 13.0 nvcc", nvcc)
+    out = subprocess.run([str(nvcc), "--list-gpu-code"], capture_output=True, text=True, check=True).stdout
+    offered = tuple(sorted(int(x) for x in out.replace("sm_", " ").split()))
+    assert tuple(sorted(cuda_catalog.toolkit_archs("13.0").sass)) == offered
+
+
+def test_versions_compare_as_numbers():
+    assert cuda_catalog.version_tuple("11.10") > cuda_catalog.version_tuple("11.7")
