@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,8 +23,11 @@ from ci import matrix  # noqa: E402
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]
 
-# The torch the tests run against; this machine's pip finds torch 2.13.0 (a CPU build) on local disk.
-TEST_TORCH = os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0")
+# The torch the tests run against (pip arguments). This machine's pip finds torch 2.13.0, a CPU build, on local
+# disk; elsewhere use e.g. KBIT_TEST_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
+TEST_TORCH = shlex.split(os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0"))
+# cuobjdump for the compile tests, where the toolkit has none (PyPI has it for Linux only)
+TEST_TOOLS = ["nox", "nvidia-cuda-cuobjdump"] if sys.platform.startswith("linux") else ["nox"]
 BUILD_TOOLS = ("cmake>=3.25", "ninja")
 
 try:
@@ -69,7 +73,7 @@ for _variant in VARIANTS.values():
 @nox.session(default=False)
 def check(session: nox.Session) -> None:
     """Validate matrix.toml and check that the generated numerics header is up to date."""
-    session.install(TEST_TORCH)
+    session.install(*TEST_TORCH)
     session.run("python", str(ROOT / "ci" / "matrix.py"), "check")
     session.run("python", str(ROOT / "ci" / "gen_numerics.py"), "--check")
 
@@ -77,6 +81,6 @@ def check(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest) in a fresh venv with kbit installed from this checkout."""
-    session.install(TEST_TORCH)
-    session.install(".[test]", *BUILD_TOOLS, "nox", "nvidia-cuda-cuobjdump")
+    session.install(*TEST_TORCH)
+    session.install(".[test]", *BUILD_TOOLS, *TEST_TOOLS)
     session.run("pytest", *session.posargs)

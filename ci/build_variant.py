@@ -80,12 +80,20 @@ def _candidates(variant: matrix.Variant) -> list[tuple[str, Path]]:
     key = toolkit_env_key(variant.toolkit)
     places = [(f"${key}", os.environ.get(key)), ("$CUDA_HOME", os.environ.get("CUDA_HOME")),
               ("$CUDA_PATH", os.environ.get("CUDA_PATH")),
-              (f"nox -s toolkit-{variant.name}", str(TOOLKITS_DIR / variant.name)),
+              (f"nox -s toolkit-{variant.name}", str(provisioned_home(TOOLKITS_DIR / variant.name))),
               ("default install", f"/usr/local/cuda-{variant.toolkit}"), ("default link", "/usr/local/cuda")]
     on_path = shutil.which("nvcc")
     if on_path:
         places.append(("nvcc on PATH", str(Path(on_path).resolve().parent.parent)))
     return [(origin, Path(p)) for origin, p in places if p]
+
+
+def provisioned_home(dest: Path) -> Path:
+    """The CUDA_HOME inside a tree made by ci/toolkit_fetch.py (its marker names it), else dest itself."""
+    from ci import toolkit_fetch
+
+    marker = toolkit_fetch.read_marker(dest) or {}
+    return dest / str(marker.get("cuda_home", "."))
 
 
 def find_toolkit(variant: matrix.Variant) -> Path:
@@ -134,11 +142,13 @@ def find_host_compiler(variant: matrix.Variant) -> str | None:
     if sys.platform == "win32":
         return None
     wanted = os.environ.get("KBIT_HOST_CXX") or variant.host_compiler
-    found = shutil.which(wanted)
+    fetched = TOOLKITS_DIR / f"host-{wanted}" / "usr" / "bin" / wanted  # where `nox -s toolkit-*` puts one
+    found = shutil.which(wanted) or (str(fetched) if fetched.is_file() else None)
     if not found:
         raise HostCompilerNotFoundError(
             f"build-{variant.name} uses the host compiler {wanted!r} (matrix.toml host_compiler), which is not "
-            f"on PATH. fix: install it (Debian: apt-get install {variant.host_compiler}), or set KBIT_HOST_CXX to "
+            f"on PATH nor in {fetched.parent}. fix: install it (Debian: apt-get install {variant.host_compiler}), "
+            f"or run `nox -s toolkit-{variant.name}` (it fetches the toolkit's host compiler), or set KBIT_HOST_CXX to "
             f"a compiler nvcc {variant.toolkit or ''} supports")
     return found
 

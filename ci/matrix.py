@@ -286,9 +286,16 @@ def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None) -> list[st
 def gha_matrix(variants: dict[str, Variant]) -> dict[str, list[dict[str, str]]]:
     """The GitHub Actions job matrix: one job per (variant, platform)."""
     runners = {"linux-x86_64": "ubuntu-24.04", "linux-aarch64": "ubuntu-24.04-arm", "win-amd64": "windows-2022"}
-    include = [{"variant": v.name, "platform": p, "runner": runners[p], "toolkit": v.toolkit or ""}
+    include = [{"variant": v.name, "platform": p, "runner": runners[p], "toolkit": v.toolkit or "",
+                "host_compiler": v.host_compiler}
                for v in variants.values() for p in v.platforms]
     return {"include": include}
+
+
+def newest_cuda(variants: dict[str, Variant]) -> Variant:
+    """The CUDA row with the newest toolkit (versions compared as numbers)."""
+    cuda = [v for v in variants.values() if v.backend == "cuda"]
+    return max(cuda, key=lambda v: cuda_catalog.version_tuple(v.toolkit))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="validate the matrix")
     sub.add_parser("list", help="one line per variant")
     sub.add_parser("gha-matrix", help="the CI job matrix as JSON")
+    sub.add_parser("newest-cuda", help="the CUDA row with the newest toolkit")
     cm = sub.add_parser("cmake-args", help="CMake -D arguments of one variant")
     cm.add_argument("variant")
     args = parser.parse_args(argv)
@@ -313,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v.name:8} {v.backend:4} {v.toolkit or '-':5} sass={list(v.sass)} ptx={v.ptx} {','.join(v.platforms)}")
     elif args.cmd == "gha-matrix":
         print(json.dumps(gha_matrix(variants)))
+    elif args.cmd == "newest-cuda":
+        print(newest_cuda(variants).name)
     elif args.cmd == "cmake-args":
         if args.variant not in variants:
             print(f"error: no variant {args.variant!r} in {args.matrix}; known: {', '.join(variants)}", file=sys.stderr)

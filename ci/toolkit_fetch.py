@@ -41,14 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 Log = Callable[[str], object]
 
 # Bump when the produced layout changes: every existing tree is then rebuilt (its marker hash no longer matches).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 MARKER_NAME = ".kbit-toolkit.json"
 DOWNLOADS_DIRNAME = "_downloads"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -57,6 +56,8 @@ MULTIARCH = "x86_64-linux-gnu"
 SYSTEM_SOURCES_LIST = pathlib.Path("/etc/apt/sources.list")
 SYSTEM_SOURCES_DIR = pathlib.Path("/etc/apt/sources.list.d")
 MATRIX_PATH = pathlib.Path(__file__).resolve().parent.parent / "matrix.toml"
+if __package__ in (None, ""):  # run as a script: make `ci` importable
+    sys.path.insert(0, str(MATRIX_PATH.parent))
 # Host compilers this module can fetch from Debian when they are not installed (name -> Debian suite).
 PROVISIONABLE_HOST_COMPILERS = {"g++-11": "bookworm", "gcc-11": "bookworm"}
 
@@ -252,9 +253,11 @@ def read_marker(dest: pathlib.Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def write_marker(dest: pathlib.Path, *, digest: str, home_rel: str, files: Iterable[str], **extra: object) -> None:
-    """Write the marker last, atomically: its presence means the tree was built and verified."""
-    data = {"hash": digest, "cuda_home": home_rel, "files": sorted(files), **extra}
+def write_marker(dest: pathlib.Path, *, digest: str, home_rel: str, files: Iterable[str], verified: bool,
+                 **extra: object) -> None:
+    """Write the marker atomically. An unverified marker (written before the tree moves into place) only says
+    "this directory is ours"; the verified one, written last, makes the tree reusable."""
+    data = {"hash": digest, "cuda_home": home_rel, "files": sorted(files), "verified": verified, **extra}
     tmp = dest / (MARKER_NAME + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(dest / MARKER_NAME)
@@ -263,7 +266,7 @@ def write_marker(dest: pathlib.Path, *, digest: str, home_rel: str, files: Itera
 def complete_tree(dest: pathlib.Path, digest: str) -> pathlib.Path | None:
     """If `dest` holds a verified tree built from `digest` with all its files, return its CUDA_HOME."""
     marker = read_marker(dest)
-    if not marker or marker.get("hash") != digest:
+    if not marker or marker.get("hash") != digest or marker.get("verified") is not True:
         return None
     home_rel = str(marker.get("cuda_home", "."))
     home = dest / home_rel
@@ -282,15 +285,21 @@ def _prepare_workdir(dest: pathlib.Path) -> pathlib.Path:
     return work
 
 
+def check_dest_replaceable(dest: pathlib.Path) -> None:
+    """Refuse (before any work) a `dest` that exists and was not made by this module: it is never deleted."""
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    if dest.is_dir() and not dest.is_symlink() and (read_marker(dest) is not None or not any(dest.iterdir())):
+        return
+    raise ToolkitFetchError(
+        "check destination", f"{dest} exists and is not a tree made by ci/toolkit_fetch.py (no {MARKER_NAME})",
+        f"choose another --dest, or remove {dest} yourself")
+
+
 def _install_workdir(work: pathlib.Path, dest: pathlib.Path) -> None:
-    """Replace `dest` by `work`, refusing to delete a directory that this module did not create."""
-    if dest.exists() or dest.is_symlink():
-        if dest.is_dir() and not dest.is_symlink() and (read_marker(dest) is not None or not any(dest.iterdir())):
-            _remove_tree(dest)
-        else:
-            raise ToolkitFetchError(
-                "install tree", f"{dest} exists and is not a tree made by ci/toolkit_fetch.py (no {MARKER_NAME})",
-                f"choose another --dest, or remove {dest} yourself")
+    """Replace `dest` (ours, or empty, or absent) by `work`."""
+    check_dest_replaceable(dest)
+    _remove_tree(dest)
     work.rename(dest)
 
 
@@ -449,6 +458,29 @@ def parse_depends(field: str) -> list[list[Dependency]]:
     return groups
 
 
+def implied_runtime_packages(specs: Sequence[str], show: Callable[[str], dict[str, str] | None]) -> list[str]:
+    """The libcudartN package that nvidia-cuda-dev pins, when `specs` list nvidia-cuda-dev but no libcudart*.
+
+    nvidia-cuda-dev ships only the link libcudart.so -> libcudart.so.N; without the runtime package the link
+    dangles and CMake's FindCUDAToolkit fails with "missing: CUDA_CUDART". Returns ['libcudart12=VERSION'] or [].
+    """
+    parsed = [parse_package_spec(s) for s in specs]
+    if any(_LIBCUDART_PACKAGE.fullmatch(n) for n, _ in parsed):
+        return []
+    dev = next(((n, v) for n, v in parsed if n == "nvidia-cuda-dev"), None)
+    if dev is None:
+        return []
+    record = show(f"{dev[0]}={dev[1]}" if dev[1] else dev[0])
+    if not record:
+        raise ToolkitFetchError("find the CUDA runtime package", f"apt-cache show {dev[0]}={dev[1]} found nothing",
+                                "check the nvidia-cuda-dev pin in matrix.toml against the suite")
+    for group in parse_depends(record.get("Depends", "")):
+        for dep in group:
+            if _LIBCUDART_PACKAGE.fullmatch(dep.name):
+                return [f"{dep.name}={dep.version}" if dep.op == "=" and dep.version else dep.name]
+    return []
+
+
 def resolve_missing(roots: Sequence[str], *, show: Callable[[str], dict[str, str] | None],
                     installed: Callable[[str], str | None],
                     satisfies: Callable[[str, str, str], bool]) -> dict[str, str]:
@@ -509,7 +541,7 @@ _DPKG_OPS = {"<<": "lt", "<=": "le", "=": "eq", ">=": "ge", ">>": "gt"}
 
 def dpkg_satisfies(have: str, op: str, want: str) -> bool:
     """`dpkg --compare-versions` (read-only) for a Depends operator."""
-    try:
+    try:  # check=False: the exit status is the answer
         result = subprocess.run(["dpkg", "--compare-versions", have, _DPKG_OPS[op], want],
                                 capture_output=True, check=False)
     except FileNotFoundError as exc:
@@ -519,8 +551,11 @@ def dpkg_satisfies(have: str, op: str, want: str) -> bool:
 
 def dpkg_installed_version(name: str) -> str | None:
     """The system's installed version of `name` (read from the dpkg database, never written), or None."""
-    result = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", name],
-                            capture_output=True, text=True, check=False)
+    try:  # check=False: "not installed" (exit 1) is an answer, not a failure
+        result = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", name],
+                                capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise ToolkitFetchError("query installed packages", f"cannot run dpkg-query: {exc}", "run this on Debian") from exc
     if result.returncode != 0:
         return None
     status, _, version = result.stdout.partition("|")
@@ -570,6 +605,7 @@ class PrivateApt:
 
     def show(self, name: str) -> dict[str, str] | None:
         """Candidate control record of `name` in the private lists, or None."""
+        # check=False: a package missing from the lists is an answer (None), not a failure
         result = subprocess.run(["apt-cache", *self.options(), "show", "--no-all-versions", name],
                                 capture_output=True, text=True, check=False)
         if result.returncode != 0 or not result.stdout.strip():
@@ -725,7 +761,7 @@ def pip_install(requirements: Sequence[str], target: pathlib.Path, cache: pathli
                *requirements]
     fix = "check the requirement pins in matrix.toml against PyPI, and that PyPI is reachable"
     cache.mkdir(parents=True, exist_ok=True)
-    if any(cache.glob("*.whl")):
+    if all(cached_wheel(cache, r) for r in requirements):
         try:
             with _timed(log, f"pip install (cached wheels) {' '.join(requirements)}"):
                 run(offline, step="pip install from the wheel cache", fix=fix)
@@ -738,6 +774,15 @@ def pip_install(requirements: Sequence[str], target: pathlib.Path, cache: pathli
             step="pip download", fix=fix)
     with _timed(log, f"pip install --no-deps --target {target}"):
         run(offline, step="pip install --no-deps --target", fix=fix)
+
+
+def cached_wheel(cache: pathlib.Path, requirement: str) -> pathlib.Path | None:
+    """The wheel of a pinned 'name==version' requirement in the cache, if any (unpinned ones never match)."""
+    m = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*", requirement)
+    if not m:
+        return None
+    name = re.sub(r"[-_.]+", "_", m.group(1)).lower()
+    return next(iter(sorted(cache.glob(f"{name}-{m.group(2)}-*.whl"))), None)
 
 
 def wheel_include_dirs(target: pathlib.Path) -> list[pathlib.Path]:
@@ -927,6 +972,7 @@ def provision_host_compiler(name: str, dest: pathlib.Path, *, log: Log = print) 
         if complete_tree(dest, digest) is not None:
             log(f"[toolkit_fetch] {name}: reusing {dest}")
             return dest / exe_rel
+        check_dest_replaceable(dest)
         apt = _private_apt(dest, suite, log)
         with _locked(apt.root / ".lock"):
             apt.ensure_lists()
@@ -944,10 +990,11 @@ def provision_host_compiler(name: str, dest: pathlib.Path, *, log: Log = print) 
         if not (work / exe_rel).exists():
             raise ToolkitFetchError("provision host compiler", f"{work / exe_rel} missing after extraction",
                                     f"apt-get install {name}")
+        packages_text = {n: v for n, v in sorted(packages.items())}
+        write_marker(work, digest=digest, home_rel=".", files=[exe_rel], verified=False, packages=packages_text)
         _install_workdir(work, dest)
         check_host_compiler(dest / exe_rel, major)
-        write_marker(dest, digest=digest, home_rel=".", files=[exe_rel],
-                     packages={n: v for n, v in sorted(packages.items())})
+        write_marker(dest, digest=digest, home_rel=".", files=[exe_rel], verified=True, packages=packages_text)
         log(f"[toolkit_fetch] {name}: {dest / exe_rel} compiles and links C++ ({tree_size(dest) / 1e6:.0f} MB)")
         return dest / exe_rel
 
@@ -961,10 +1008,15 @@ def _build_debian_tree(work: pathlib.Path, dest: pathlib.Path, debian: dict, log
     if not suite or not specs:
         raise ToolkitFetchError("read toolkit_source", f"debian table {debian!r} needs 'suite' and 'packages'",
                                 "fix the variant's toolkit_source in matrix.toml")
-    names = [parse_package_spec(s)[0] for s in specs]
-    members = {n: deb_members(n) for n in names}
     apt = _private_apt(dest, suite, log)
     with _locked(apt.root / ".lock"):
+        apt.ensure_lists()
+        extra = implied_runtime_packages(specs, apt.show)
+        if extra:
+            log(f"[toolkit_fetch] adding {', '.join(extra)} (nvidia-cuda-dev's libcudart.so link points into it)")
+        specs = specs + extra
+        names = [parse_package_spec(s)[0] for s in specs]
+        members = {n: deb_members(n) for n in names}
         debs = apt.download(specs, _downloads_dir(dest) / "debs")
     staging = work / ".staging"
     roots = [staging / n for n in names]
@@ -1021,6 +1073,7 @@ def provision(variant: str, toolkit: str, source: dict, dest: pathlib.Path, *, l
         if reused is not None:
             log(f"[toolkit_fetch] {variant}: reusing {reused} (marker matches)")
             return reused
+        check_dest_replaceable(dest)
         log(f"[toolkit_fetch] {variant}: provisioning CUDA {toolkit} into {dest}")
         start = time.monotonic()
         compiler = resolve_host_compiler(host_compiler or default_host_compiler(toolkit), dest.parent, log)
@@ -1030,12 +1083,13 @@ def provision(variant: str, toolkit: str, source: dict, dest: pathlib.Path, *, l
             _build_debian_tree(work, dest, source["debian"], log)
         if source.get("pypi"):
             home_rel = _build_pypi(work, dest, list(source["pypi"]), bool(source.get("debian")), log)
+        files = [os.path.normpath(os.path.join(home_rel, f)) for f in REQUIRED_FILES]
+        info = {"variant": variant, "toolkit": toolkit, "source": source, "host_compiler": compiler}
+        write_marker(work, digest=digest, home_rel=home_rel, files=files, verified=False, **info)
         _install_workdir(work, dest)
         home = dest if home_rel == "." else dest / home_rel
         line = verify_toolkit(home, toolkit, compiler, log)
-        files = [os.path.normpath(os.path.join(home_rel, f)) for f in REQUIRED_FILES]
-        write_marker(dest, digest=digest, home_rel=home_rel, files=files, variant=variant, toolkit=toolkit,
-                     source=source, nvcc_version=line, host_compiler=compiler)
+        write_marker(dest, digest=digest, home_rel=home_rel, files=files, verified=True, nvcc_version=line, **info)
         log(f"[toolkit_fetch] {variant}: CUDA_HOME {home} ready in {time.monotonic() - start:.1f} s, "
             f"{tree_size(dest) / 1e6:.0f} MB")
         return home
@@ -1044,21 +1098,22 @@ def provision(variant: str, toolkit: str, source: dict, dest: pathlib.Path, *, l
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def load_variant(variant: str, matrix: pathlib.Path = MATRIX_PATH) -> dict:
-    """The [variants.VARIANT] table of matrix.toml."""
+def load_variant(variant: str, matrix_path: pathlib.Path = MATRIX_PATH) -> dict:
+    """The validated [variants.VARIANT] row of matrix.toml (ci/matrix.py validates; this module only reads)."""
+    from ci import matrix
+
     try:
-        data = tomllib.loads(matrix.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ToolkitFetchError("read matrix.toml", f"cannot read {matrix}: {exc}", "fix matrix.toml") from exc
-    variants = data.get("variants", {})
+        variants = matrix.load(matrix_path)
+    except matrix.MatrixError as exc:
+        raise ToolkitFetchError("read matrix.toml", str(exc), "fix matrix.toml") from exc
     if variant not in variants:
-        raise ToolkitFetchError("read matrix.toml", f"no [variants.{variant}] in {matrix}",
+        raise ToolkitFetchError("read matrix.toml", f"no [variants.{variant}] in {matrix_path}",
                                 f"use one of: {', '.join(sorted(variants))}")
     row = variants[variant]
-    if row.get("backend") != "cuda":
+    if row.backend != "cuda":
         raise ToolkitUnavailable("read matrix.toml", f"variant {variant} is not a CUDA variant",
                                  "nothing to provision for it")
-    return row
+    return {"toolkit": row.toolkit, "toolkit_source": row.toolkit_source, "host_compiler": row.host_compiler}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

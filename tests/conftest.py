@@ -17,7 +17,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def cmake_binaries() -> list[str]:
     """Every distinct CMake here: Debian's (3.25) and PyPI's (4.x, in the test venv), to test both."""
     found = {}
-    for candidate in (shutil.which("cmake"), "/usr/bin/cmake"):
+    for candidate in (str(Path(sys.executable).parent / "cmake"), shutil.which("cmake"), "/usr/bin/cmake"):
         if candidate and Path(candidate).is_file():
             found.setdefault(Path(candidate).resolve(), candidate)
     return list(found.values())

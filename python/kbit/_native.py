@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbit import _errors
+from kbit import _binfile, _errors
 
 ABI_VERSION = 1  # must equal KBIT_ABI_VERSION in csrc/kbit.h (tests/test_abi.py checks)
 _PACKAGE = "kbit"
@@ -113,6 +113,11 @@ def _declare(handle: ctypes.CDLL, path: Path) -> None:
 
 def load_library(path: Path) -> NativeLibrary:
     """Load one library by absolute path, check its ABI version, and declare its prototypes."""
+    problem = _binfile.problem_with(path)
+    if problem:
+        raise _errors.LibraryLoadError(
+            f"{path} cannot be loaded: {problem}. fix: reinstall kbit (pip install --force-reinstall kbit); "
+            f"an interrupted download or install leaves such files")
     try:
         handle = ctypes.CDLL(str(path))
     except OSError as exc:
