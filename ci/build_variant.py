@@ -6,7 +6,8 @@ CMake with the arguments ci/matrix.py derives, and checking what came out (the l
 loaded in a fresh process). It does not fetch toolkits (ci/toolkit_fetch.py) or assemble wheels.
 
 CLI:  python ci/build_variant.py VARIANT [--archs 80,86] [--cmake PATH] [--matrix PATH]
-Output: build/staging/<platform>/kbit/libkbit_<variant>.so (+ kbit_<variant>.build.json)
+Output: build/staging/<platform>/kbit/libkbit_<variant>.so (+ kbit_<variant>.build.json);
+        a build of an arch subset goes to build/staging/<platform>-sm<archs>/ instead
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -53,12 +53,6 @@ def current_platform() -> str:
             "arm64": "linux-aarch64"}.get(machine, f"linux-{machine}")
 
 
-def library_file(variant: str) -> str:
-    """File name of a variant's library on this platform (from ci.matrix.library_stem, the one computation)."""
-    stem = matrix.library_stem(variant)
-    return f"{stem}.dll" if sys.platform == "win32" else f"lib{stem}.so"
-
-
 # ------------------------------------------------------------------------------------ toolkit
 
 def toolkit_env_key(toolkit: str) -> str:
@@ -68,12 +62,14 @@ def toolkit_env_key(toolkit: str) -> str:
 
 def nvcc_release(nvcc: Path) -> str | None:
     """The "major.minor" release an nvcc reports, or None when it does not run."""
+    from ci import toolkit_fetch
+
     try:
-        out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=60,
+                             env=toolkit_fetch._nvcc_env()).stdout
+        return toolkit_fetch.parse_nvcc_release(out)[0]
+    except (OSError, subprocess.TimeoutExpired, toolkit_fetch.ToolkitFetchError):
         return None
-    found = re.search(r"release (\d+\.\d+)", out)
-    return found.group(1) if found else None
 
 
 def _candidates(variant: matrix.Variant) -> list[tuple[str, Path]]:
@@ -124,17 +120,6 @@ def _toolkit_message(variant: matrix.Variant, looked: list[str]) -> str:
     lines = "\n".join(f"  - {line}" for line in looked) or "  - (no candidate places were set)"
     return (f"build-{variant.name} needs the CUDA {variant.toolkit} toolkit (nvcc release {variant.toolkit}); "
             f"looked at:\n{lines}\nfix:\n" + "\n".join(f"  - {fix}" for fix in fixes))
-
-
-def check_nvcc_archs(nvcc: Path, sass: tuple[int, ...]) -> None:
-    """Ask the real nvcc which SASS targets it has; refuse archs it lacks (the catalog may be wrong)."""
-    out = subprocess.run([str(nvcc), "--list-gpu-code"], capture_output=True, text=True).stdout
-    offered = {int(m) for m in re.findall(r"sm_(\d+)\b", out)}
-    missing = [a for a in sass if offered and a not in offered]
-    if missing:
-        raise BuildError(f"{nvcc} cannot compile for {', '.join(f'sm_{a}' for a in missing)} (it offers "
-                         f"{' '.join(str(a) for a in sorted(offered))}); ci/cuda_catalog.py disagrees with the "
-                         f"real toolkit. fix: correct the catalog and the matrix row")
 
 
 def find_host_compiler(variant: matrix.Variant) -> str | None:
@@ -230,17 +215,16 @@ def build(name: str, *, matrix_path: Path = matrix.MATRIX_PATH, archs: tuple[int
     if plat not in variant.platforms:
         raise BuildError(f"{name} is not built for {plat} (matrix.toml platforms: {', '.join(variant.platforms)})")
     sass = _select_sass(variant, archs)
-    nvcc = find_toolkit(variant) if variant.backend == "cuda" else None
-    if nvcc:
-        check_nvcc_archs(nvcc, sass or variant.sass)
+    nvcc = find_toolkit(variant) if variant.backend == "cuda" else None  # CMake then checks its arch list
     cxx = find_host_compiler(variant)
+    # a subset build (--archs) is a developer's build: it never lands where the release library is staged
     suffix = "-sm" + "_".join(map(str, sass)) if sass else ""
-    build_dir, prefix = build_root / f"{name}-{plat}{suffix}", build_root / "staging" / plat
+    build_dir, prefix = build_root / f"{name}-{plat}{suffix}", build_root / "staging" / f"{plat}{suffix}"
     configure = _run(configure_command(variant, cmake=cmake, build_dir=build_dir, prefix=prefix, sass=sass,
                                        nvcc=nvcc, cxx=cxx), log)
     compile_seconds = _run([cmake, "--build", str(build_dir)], log)
     _run([cmake, "--install", str(build_dir)], log)
-    library = prefix / "kbit" / library_file(name)
+    library = prefix / "kbit" / matrix.library_filename(name, plat)
     info = read_build_info(library)
     expected = list(sass or variant.sass)
     if info["variant"] != name or info["sass"] != expected or (variant.backend == "cuda" and info["ptx"] != max(expected)):

@@ -93,6 +93,15 @@ def library_stem(variant: str) -> str:
     return f"kbit_{variant}"
 
 
+def library_filename(variant: str, platform: str) -> str:
+    """libkbit_<variant>.so on Linux, kbit_<variant>.dll on Windows (CMake's default shared-library naming).
+
+    The runtime (python/kbit/_native.py) has its own copy, since the installed package cannot import ci/;
+    tests/test_abi.py checks that the two agree."""
+    stem = library_stem(variant)
+    return f"{stem}.dll" if platform.startswith("win") else f"lib{stem}.so"
+
+
 def cmake_archs(sass: tuple[int, ...], ptx: int | None) -> str:
     """Render an arch list in CMake's explicit form, e.g. "75-real;80-real;80-virtual"."""
     items = [f"{a}-real" for a in sass] + ([f"{ptx}-virtual"] if ptx is not None else [])
@@ -283,19 +292,26 @@ def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None) -> list[st
     return args
 
 
+def _gha_job(v: Variant, plat: str) -> dict[str, str]:
+    # NVIDIA's Ubuntu 24.04 repository starts at CUDA 12.5: older toolkits come from the 22.04 one, on 22.04 runners
+    old = v.toolkit is not None and cuda_catalog.version_tuple(v.toolkit) < (12, 5)
+    ubuntu = "22.04" if old else "24.04"
+    runner = {"linux-x86_64": f"ubuntu-{ubuntu}", "linux-aarch64": f"ubuntu-{ubuntu}-arm",
+              "win-amd64": "windows-2022"}[plat]
+    return {"variant": v.name, "platform": plat, "runner": runner, "toolkit": v.toolkit or "",
+            "host_compiler": v.host_compiler, "nvidia_repo": "ubuntu" + ubuntu.replace(".", ""),
+            "windows_cuda": f"{v.toolkit}.0" if v.toolkit else ""}
+
+
 def gha_matrix(variants: dict[str, Variant]) -> dict[str, list[dict[str, str]]]:
-    """The GitHub Actions job matrix: one job per (variant, platform)."""
-    runners = {"linux-x86_64": "ubuntu-24.04", "linux-aarch64": "ubuntu-24.04-arm", "win-amd64": "windows-2022"}
-    include = [{"variant": v.name, "platform": p, "runner": runners[p], "toolkit": v.toolkit or "",
-                "host_compiler": v.host_compiler}
-               for v in variants.values() for p in v.platforms]
-    return {"include": include}
+    """The GitHub Actions job matrix: one job per (variant, platform), with what each job installs."""
+    return {"include": [_gha_job(v, p) for v in variants.values() for p in v.platforms]}
 
 
-def newest_cuda(variants: dict[str, Variant]) -> Variant:
-    """The CUDA row with the newest toolkit (versions compared as numbers)."""
-    cuda = [v for v in variants.values() if v.backend == "cuda"]
-    return max(cuda, key=lambda v: cuda_catalog.version_tuple(v.toolkit))
+def newest_fetchable_cuda(variants: dict[str, Variant]) -> Variant | None:
+    """The CUDA row with the newest toolkit that `nox -s toolkit-<row>` can fetch (versions compared as numbers)."""
+    cuda = [v for v in variants.values() if v.backend == "cuda" and v.toolkit_source]
+    return max(cuda, key=lambda v: cuda_catalog.version_tuple(v.toolkit), default=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="validate the matrix")
     sub.add_parser("list", help="one line per variant")
     sub.add_parser("gha-matrix", help="the CI job matrix as JSON")
-    sub.add_parser("newest-cuda", help="the CUDA row with the newest toolkit")
+    sub.add_parser("newest-cuda", help="the CUDA row with the newest toolkit that has a toolkit_source")
     cm = sub.add_parser("cmake-args", help="CMake -D arguments of one variant")
     cm.add_argument("variant")
     args = parser.parse_args(argv)
@@ -322,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "gha-matrix":
         print(json.dumps(gha_matrix(variants)))
     elif args.cmd == "newest-cuda":
-        print(newest_cuda(variants).name)
+        newest = newest_fetchable_cuda(variants)
+        if newest is None:
+            print("error: no CUDA row has a toolkit_source to fetch; add one to matrix.toml", file=sys.stderr)
+            return 2
+        print(newest.name)
     elif args.cmd == "cmake-args":
         if args.variant not in variants:
             print(f"error: no variant {args.variant!r} in {args.matrix}; known: {', '.join(variants)}", file=sys.stderr)

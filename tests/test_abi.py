@@ -56,6 +56,14 @@ def test_build_info_describes_the_cpu_build_and_matches_the_installed_manifest()
     assert lib.path.name == _native.library_filename("cpu") == "libkbit_cpu.so"
 
 
+@pytest.mark.parametrize("variant", ["cpu", "cuda124", "cuda130"])
+def test_runtime_and_build_compute_the_same_file_name(variant):
+    from ci import matrix
+
+    plat = "win-amd64" if sys.platform == "win32" else "linux-x86_64"
+    assert _native.library_filename(variant) == matrix.library_filename(variant, plat)
+
+
 def test_last_error_is_per_thread_and_cleared_by_success():
     handle = _native.cpu().handle
     seen = {}

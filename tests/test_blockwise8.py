@@ -140,6 +140,10 @@ def test_non_finite_values_poison_only_their_block(bad, absmax):
         assert state.absmax[1].item() == absmax
     B = F.dequantize_blockwise(codes, state)
     assert torch.isnan(B[64:128]).all()
+    assert (B[64:128].view(torch.int32) == 0x7FC00000).all()  # one canonical NaN, the same bits on every path
+    for dtype, bits in ((torch.float16, 0x7E00), (torch.bfloat16, 0x7FC0)):
+        c, s = F.quantize_blockwise(A.to(dtype), blocksize=64)
+        assert (F.dequantize_blockwise(c, s)[64:128].view(torch.int16) == bits).all()
     others = torch.cat([B[:64], B[128:]])
     assert torch.isfinite(others).all()
     assert errors(torch.cat([A[:64], A[128:]]), others)[0] < 0.02

@@ -19,9 +19,9 @@ def _nvcc13():
         return None
 
 
-def configure(cmake: str, tmp_path, *defines: str) -> subprocess.CompletedProcess:
+def configure(cmake: str, tmp_path, *defines: str, variant: str = "cuda130") -> subprocess.CompletedProcess:
     cmd = [cmake, "-S", str(ROOT), "-B", str(tmp_path / "b"), "-G", "Ninja", "-DKBIT_BACKEND=cuda",
-           "-DKBIT_VARIANT=cuda130", *defines]
+           f"-DKBIT_VARIANT={variant}", *defines]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -65,10 +65,22 @@ def test_sm70_on_cuda13_is_refused_before_cmakes_compiler_test(cmake, tmp_path):
 def test_a_toolkit_of_another_version_is_refused(cmake, tmp_path):
     nvcc = _nvcc13()
     require_tool("a CUDA 13.0 nvcc", nvcc)
-    done = configure(cmake, tmp_path, "-DKBIT_CUDA_ARCHS=80-real;80-virtual", "-DKBIT_CUDA_TOOLKIT=12.4",
-                     f"-DCMAKE_CUDA_COMPILER={nvcc}")
+    # the variant name alone fixes the toolkit: libkbit_cuda124 is never built by another nvcc
+    done = configure(cmake, tmp_path, "-DKBIT_CUDA_ARCHS=80-real;80-virtual", f"-DCMAKE_CUDA_COMPILER={nvcc}",
+                     variant="cuda124")
     text = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode != 0 and "is CUDA 13.0 but this variant (cuda130) needs CUDA 12.4" in text, text
+    assert done.returncode != 0 and "is CUDA 13.0 but this variant (cuda124) needs CUDA 12.4" in text, text
+
+
+@pytest.mark.parametrize("defines,words", [
+    (["-DKBIT_BACKEND=cpu", "-DKBIT_VARIANT=cuda124"], "names a CUDA toolkit but KBIT_BACKEND='cpu'"),
+    (["-DKBIT_BACKEND=cuda", "-DKBIT_VARIANT=cpu"], "KBIT_VARIANT=cpu needs KBIT_BACKEND=cpu"),
+    (["-DKBIT_BACKEND=cuda", "-DKBIT_VARIANT=cuda130", "-DKBIT_CUDA_TOOLKIT=12.4"], "contradicts KBIT_VARIANT=cuda130"),
+])
+def test_variant_backend_and_toolkit_must_agree(tmp_path, defines, words):
+    done = subprocess.run([CMAKES[0], "-S", str(ROOT), "-B", str(tmp_path / "b"), *defines],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and words in " ".join(done.stderr.split())
 
 
 def test_a_bad_variant_name_is_refused(tmp_path):

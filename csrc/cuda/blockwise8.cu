@@ -66,6 +66,11 @@ int check_device_pointer(const void* ptr, const char* name) {
   KBIT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, KBIT_ERR_INVALID_ARGUMENT,
              "%s is not device memory (cudaMemoryType %d); CPU tensors go to libkbit_cpu", name,
              static_cast<int>(attr.type));
+  int current = 0;
+  KBIT_CUDA_CHECK(cudaGetDevice(&current));
+  KBIT_CHECK(attr.type == cudaMemoryTypeManaged || attr.device == current, KBIT_ERR_INVALID_ARGUMENT,
+             "%s is on device %d but the current device is %d; make the tensor's device current first "
+             "(torch.cuda.device(tensor.device))", name, attr.device, current);
   return KBIT_OK;
 }
 

@@ -14,7 +14,7 @@ const char* hint_for(cudaError_t err) {
     case KBIT_ERR_NO_DRIVER:
       return "no NVIDIA driver (libcuda) was found, or it is older than this library's toolkit (CUDA "
              KBIT_TOOLKIT_VERSION "); install or update the driver, or use a kbit variant built with an older "
-             "toolkit (python -m kbit lists them)";
+             "toolkit";
     case KBIT_ERR_NO_DEVICE:
       return "the driver sees no usable GPU (check CUDA_VISIBLE_DEVICES and nvidia-smi)";
     case KBIT_ERR_NO_KERNEL_IMAGE:

@@ -10,7 +10,7 @@
  *    wins (bitsandbytes' `x > midpoint` decision trees and its argmin reference do the same).
  *  - Non-finite input: absmax propagates NaN (a NaN anywhere makes absmax NaN) and inf; a block whose absmax
  *    is not finite stores the zero code for every element, so the whole block dequantizes to NaN
- *    (0 * inf and 0 * NaN). Nothing non-finite is ever hidden as a finite value.
+ *    (the canonical quiet NaN). Nothing non-finite is ever hidden as a finite value.
  *  - Dequantize: value = map[code] * absmax in float32, then rounded to the output dtype (nearest-even).
  * Compiled with floating-point contraction off on every path, so CPU and GPU produce the same bits.
  */
@@ -18,6 +18,7 @@
 
 #include <stdint.h>
 
+#include "numerics/float16.h"
 #include "numerics/host_device.h"
 
 namespace kbit {
@@ -65,6 +66,9 @@ KBIT_HD uint8_t quantize_8bit(float x, float absmax, float inv, const MapView& m
   return nearest_code(normalize(x, absmax, inv), map.mid_hi, map.mid_lo);
 }
 
-KBIT_HD float dequantize_8bit(uint8_t code, float absmax, const float* values) { return values[code] * absmax; }
+/* A non-finite block's values are one canonical quiet NaN (0 * inf would give a sign that differs by CPU). */
+KBIT_HD float dequantize_8bit(uint8_t code, float absmax, const float* values) {
+  return is_finite_scale(absmax) ? values[code] * absmax : bits_float(0x7fc00000u);
+}
 
 }  // namespace kbit

@@ -1,8 +1,8 @@
 /* float16.h: float32 <-> float16 / bfloat16 conversions, written once for CPU and CUDA.
  *
  * Both directions are exact IEEE semantics: widening is exact, narrowing rounds to nearest-even, overflows
- * to inf, keeps subnormals (no flush to zero) and maps NaN to torch's canonical quiet NaN (0x7E00 for
- * float16, 0x7FC0 for bfloat16). Using these on the GPU too, rather than the CUDA intrinsics, is what makes
+ * to inf, keeps subnormals (no flush to zero) and maps every NaN to one canonical quiet NaN (0x7E00 for
+ * float16, 0x7FC0 for bfloat16, whatever its sign or payload). Using these on the GPU too, rather than the CUDA intrinsics, is what makes
  * the CPU tests speak for the bits the GPU writes. */
 #pragma once
 
@@ -71,7 +71,8 @@ template <> KBIT_HD f16 from_float<f16>(float f) {
   u &= 0x7fffffffu;
   uint32_t o;
   if (u >= (143u << 23)) {                     // >= 65536, inf or NaN
-    o = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    if (u > 0x7f800000u) return f16{0x7e00};  // NaN: canonical, sign dropped
+    o = 0x7c00u;
   } else if (u < (113u << 23)) {               // result is subnormal or zero: round with one float add
     const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
     o = float_bits(bits_float(u) + bits_float(magic)) - magic;

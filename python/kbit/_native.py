@@ -43,7 +43,8 @@ _STATUS_ERRORS = {
 
 
 def library_filename(variant: str) -> str:
-    """The file name of a variant's library: the one place Python computes it (CMake: kbit_output_name)."""
+    """The file name of a variant's library: the one place the runtime computes it (the build: ci/matrix.py
+    library_filename, CMake: kbit_output_name; tests/test_abi.py checks they agree)."""
     stem = f"kbit_{variant}"
     return f"{stem}.dll" if sys.platform == "win32" else f"lib{stem}.so"
 
@@ -122,8 +123,8 @@ def load_library(path: Path) -> NativeLibrary:
         handle = ctypes.CDLL(str(path))
     except OSError as exc:
         raise _errors.LibraryLoadError(
-            f"the system loader refused {path}: {exc}. fix: reinstall kbit (pip install --force-reinstall kbit); "
-            f"python -m kbit shows what this machine has") from exc
+            f"the system loader refused {path}: {exc}. fix: reinstall kbit (pip install --force-reinstall kbit) "
+            f"from a wheel for this platform") from exc
     _declare(handle, path)
     found = handle.kbit_abi_version()
     if found != ABI_VERSION:

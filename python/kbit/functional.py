@@ -17,7 +17,7 @@ _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _BLOCKSIZES_8BIT = tuple(2 ** k for k in range(6, 13))  # 64 .. 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BlockwiseQuantState:
     """What dequantize_blockwise needs besides the codes: bitsandbytes' 8-bit blockwise state.
 
@@ -108,7 +108,7 @@ def quantize_blockwise(A: torch.Tensor, blocksize: int = 4096) -> tuple[torch.Te
     absmax = torch.empty((n + bs - 1) // bs, dtype=torch.float32, device=A.device)
     lib.call("kbit_quantize_blockwise_8bit", dtype_id, _ptr(src), _ptr(absmax), _ptr(codes), n, bs, None,
              torch.get_num_threads())
-    return codes, BlockwiseQuantState(absmax, _map(True).to(A.device), bs, A.dtype, A.shape)
+    return codes, BlockwiseQuantState(absmax, _map(True).to(A.device, copy=True), bs, A.dtype, A.shape)
 
 
 def _check_state(codes: torch.Tensor, state: object) -> BlockwiseQuantState:
@@ -118,7 +118,7 @@ def _check_state(codes: torch.Tensor, state: object) -> BlockwiseQuantState:
     _check_blocksize(state.blocksize)
     _check_float_dtype("the state", state.dtype)
     n = codes.numel()
-    if state.shape.numel() != n:
+    if torch.Size(state.shape).numel() != n:
         raise _errors.KbitValueError(f"codes have {n} elements but the state describes shape {tuple(state.shape)}; "
                                      f"fix: pass the codes and the state of the same quantize_blockwise call")
     blocks = (n + state.blocksize - 1) // state.blocksize
@@ -145,8 +145,8 @@ def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out
     state = _check_state(codes, state)
     lib = _library_for(codes, "codes")
     if out is None:
-        out = torch.empty(state.shape, dtype=state.dtype, device=codes.device)
-    elif (_check_tensor("out", out).dtype != state.dtype or out.shape != state.shape or out.device != codes.device
+        out = torch.empty(torch.Size(state.shape), dtype=state.dtype, device=codes.device)
+    elif (_check_tensor("out", out).dtype != state.dtype or out.shape != torch.Size(state.shape) or out.device != codes.device
           or not out.is_contiguous()):
         raise _errors.KbitValueError(
             f"out must be a contiguous {state.dtype} tensor of shape {tuple(state.shape)} on {codes.device}; "
