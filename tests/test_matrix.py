@@ -177,3 +177,30 @@ def test_catalog_agrees_with_the_real_nvcc():
 
 def test_versions_compare_as_numbers():
     assert cuda_catalog.version_tuple("11.10") > cuda_catalog.version_tuple("11.7")
+
+
+def test_a_missing_toolkit_says_where_it_looked_and_how_to_provide_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("KBIT_CUDA_HOME_128", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("CUDA_HOME", "/usr/local/cuda-13.0")
+    with pytest.raises(build_variant.ToolkitNotFoundError) as info:
+        build_variant.find_toolkit(matrix.load()["cuda128"])
+    text = str(info.value)
+    assert "build-cuda128 needs the CUDA 12.8 toolkit" in text
+    assert f"$KBIT_CUDA_HOME_128: {tmp_path / 'nothing-here'}: no bin/nvcc" in text
+    if __import__("os").path.isfile("/usr/local/cuda-13.0/bin/nvcc"):
+        assert "$CUDA_HOME: /usr/local/cuda-13.0/bin/nvcc reports CUDA 13.0, not 12.8" in text
+    assert "set KBIT_CUDA_HOME_128=" in text and "not obtainable from PyPI or Debian" in text
+
+
+def test_a_fetchable_toolkit_points_at_its_nox_session(monkeypatch, tmp_path):
+    monkeypatch.setenv("KBIT_CUDA_HOME_124", str(tmp_path))
+    monkeypatch.setattr(build_variant, "TOOLKITS_DIR", tmp_path / "none")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    variant = matrix.load()["cuda124"]
+    if any(home.joinpath("bin", "nvcc").is_file() and build_variant.nvcc_release(home / "bin" / "nvcc") == "12.4"
+           for _, home in build_variant._candidates(variant)):
+        pytest.skip("this machine has CUDA 12.4 at a default place")
+    with pytest.raises(build_variant.ToolkitNotFoundError, match=r"run `nox -s toolkit-cuda124`"):
+        build_variant.find_toolkit(variant)
