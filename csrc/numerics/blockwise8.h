@@ -46,7 +46,10 @@ KBIT_HD float inverse_absmax(float absmax) { return absmax == 0.0f ? 0.0f : 1.0f
 KBIT_HD float normalize(float x, float absmax, float inv) { return inv > kFloatMax ? x / absmax : x * inv; }
 
 /* Exactly `x > hi + lo`, where (hi, lo) is a midpoint split into two floats (lo is 0 or half an ulp of hi). */
-KBIT_HD bool above_midpoint(float x, float hi, float lo) { return x > hi || (x == hi && lo < 0.0f); }
+KBIT_HD int above_midpoint(float x, float hi, float lo) {
+  // bitwise, not short-circuit: the comparisons become flag moves, not unpredictable branches (8 per element)
+  return static_cast<int>(x > hi) | (static_cast<int>(x == hi) & static_cast<int>(lo < 0.0f));
+}
 
 /* The nearest code to x: the number of midpoints x lies strictly above (8 branch-free halving steps). */
 KBIT_HD uint8_t nearest_code(float x, const float* mid_hi, const float* mid_lo) {
@@ -56,7 +59,7 @@ KBIT_HD uint8_t nearest_code(float x, const float* mid_hi, const float* mid_lo) 
 #endif
   for (int step = 128; step >= 1; step >>= 1) {
     const int probe = code + step - 1;  // never above 254 (see the sum of the steps)
-    code += above_midpoint(x, mid_hi[probe], mid_lo[probe]) ? step : 0;
+    code += step * above_midpoint(x, mid_hi[probe], mid_lo[probe]);
   }
   return static_cast<uint8_t>(code);
 }
