@@ -12,7 +12,7 @@ import threading
 import pytest
 
 import kbit
-from kbit import _native
+from kbit import _abi, _native
 
 from conftest import ROOT
 
@@ -40,9 +40,9 @@ def test_only_the_c_abi_is_exported():
 
 def test_every_status_function_is_declared_with_ctypes():
     handshake = {"kbit_abi_version", "kbit_build_info", "kbit_last_error"}
-    assert declared_functions() == set(_native._PROTOTYPES)
+    assert declared_functions() == set(_abi.PROTOTYPES)
     for name in declared_functions() - handshake:
-        assert _native._PROTOTYPES[name][0] is ctypes.c_int, f"{name} must return a status"
+        assert _abi.PROTOTYPES[name][0] is ctypes.c_int, f"{name} must return a status"
 
 
 def test_build_info_describes_the_cpu_build_and_matches_the_installed_manifest():

@@ -64,9 +64,13 @@ KBIT_HD uint8_t nearest_code(float x, const float* mid_hi, const float* mid_lo) 
   return static_cast<uint8_t>(code);
 }
 
+/* The nearest code of `map` to the normalised value x (exact; ties to the lower code). The one entry point
+ * for every caller (quantization, optimizer state requantization), so its implementation can change. */
+KBIT_HD uint8_t nearest_code(float x, const MapView& map) { return nearest_code(x, map.mid_hi, map.mid_lo); }
+
 KBIT_HD uint8_t quantize_8bit(float x, float absmax, float inv, const MapView& map) {
   if (!is_finite_scale(absmax)) return kSignedZeroCode;
-  return nearest_code(normalize(x, absmax, inv), map.mid_hi, map.mid_lo);
+  return nearest_code(normalize(x, absmax, inv), map);
 }
 
 /* A non-finite block's values are one canonical quiet NaN (0 * inf would give a sign that differs by CPU). */

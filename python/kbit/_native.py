@@ -1,9 +1,9 @@
 """Loading kbit's native libraries and calling them.
 
 This module owns: where a library file is (inside the installed package, by importlib.resources, never by
-LD_LIBRARY_PATH or the working directory), loading it once (lazily, under a lock), the ABI handshake, the
-ctypes prototypes of csrc/kbit.h, and turning a failure status into a typed error. It does not decide which
-CUDA variant suits the machine.
+LD_LIBRARY_PATH or the working directory), loading it once (lazily, under a lock), the ABI handshake,
+declaring the prototypes of kbit._abi, and turning a failure status into a typed error. It does not decide
+which CUDA variant suits the machine.
 """
 from __future__ import annotations
 
@@ -15,31 +15,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbit import _binfile, _errors
+from kbit import _abi, _binfile, _errors
 
-ABI_VERSION = 1  # must equal KBIT_ABI_VERSION in csrc/kbit.h (tests/test_abi.py checks)
+ABI_VERSION = _abi.ABI_VERSION
 _PACKAGE = "kbit"
-
-_c_int, _i32, _i64, _vp = ctypes.c_int, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
-_f32p, _u8p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_uint8)
-_PROTOTYPES: dict[str, tuple[type, tuple]] = {
-    "kbit_abi_version": (_i32, ()),
-    "kbit_build_info": (ctypes.c_char_p, ()),
-    "kbit_last_error": (ctypes.c_char_p, ()),
-    "kbit_device_count": (_c_int, (ctypes.POINTER(_i32),)),
-    "kbit_code_map": (_c_int, (_i32, _f32p)),
-    "kbit_quantize_blockwise_8bit": (_c_int, (_i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
-    "kbit_dequantize_blockwise_8bit": (_c_int, (_i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
-}
-
-_STATUS_ERRORS = {
-    1: (_errors.NativeArgumentError, "check the arguments; please report it if kbit's Python layer let this through"),
-    2: (_errors.NoDriverError, "install or update the NVIDIA driver (nvidia-smi shows its CUDA version)"),
-    3: (_errors.NoDeviceError, "check nvidia-smi and CUDA_VISIBLE_DEVICES"),
-    4: (_errors.NoKernelImageError, "use a kbit variant whose archs cover this GPU"),
-    5: (_errors.CudaError, "see the CUDA error above"),
-    6: (_errors.InternalError, "this is a kbit bug: please report it with kbit's build info"),
-}
+_PROTOTYPES = _abi.PROTOTYPES
+_STATUS_ERRORS = _abi.STATUS_ERRORS
 
 
 def library_filename(variant: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kbit import _errors, _native
+from kbit import _dispatch, _errors, _native
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _BLOCKSIZES_8BIT = tuple(2 ** k for k in range(6, 13))  # 64 .. 4096
@@ -69,23 +69,6 @@ def _check_blocksize(blocksize: object) -> int:
     return blocksize
 
 
-def _library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
-    if t.device.type == "cpu":
-        return _native.cpu()
-    if t.device.type == "cuda":
-        bundled = ", ".join(sorted(_native.bundled_manifests())) or "none"
-        raise _errors.BackendUnavailableError(
-            f"{name} is on {t.device}, but this kbit installation serves only CPU tensors: its package folder "
-            f"{_native.package_dir()} bundles the variants: {bundled}. fix: move the tensor with {name}.cpu(), or "
-            f"build a CUDA variant (nox -s build-cuda130) and install a wheel that bundles it")
-    raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors. "
-                                 f"fix: move it with {name}.cpu()")
-
-
-def _ptr(t: torch.Tensor) -> int | None:
-    return t.data_ptr() or None
-
-
 # ---------------------------------------------------------------------------------------- 8-bit blockwise
 
 def quantize_blockwise(A: torch.Tensor, blocksize: int = 4096) -> tuple[torch.Tensor, BlockwiseQuantState]:
@@ -101,13 +84,13 @@ def quantize_blockwise(A: torch.Tensor, blocksize: int = 4096) -> tuple[torch.Te
     A = _check_tensor("A", A)
     dtype_id = _check_float_dtype("A", A.dtype)
     bs = _check_blocksize(blocksize)
-    lib = _library_for(A, "A")
+    lib = _dispatch.library_for(A, "A")
     src = A.detach().contiguous()
     n = src.numel()
     codes = torch.empty(A.shape, dtype=torch.uint8, device=A.device)
     absmax = torch.empty((n + bs - 1) // bs, dtype=torch.float32, device=A.device)
-    lib.call("kbit_quantize_blockwise_8bit", dtype_id, _ptr(src), _ptr(absmax), _ptr(codes), n, bs, None,
-             torch.get_num_threads())
+    lib.call("kbit_quantize_blockwise_8bit", dtype_id, _dispatch.ptr(src), _dispatch.ptr(absmax),
+             _dispatch.ptr(codes), n, bs, _dispatch.stream_for(A), _dispatch.threads())
     return codes, BlockwiseQuantState(absmax, _map(True).to(A.device, copy=True), bs, A.dtype, A.shape)
 
 
@@ -143,7 +126,7 @@ def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out
     if codes.dtype != torch.uint8:
         raise _errors.KbitValueError(f"codes have dtype {codes.dtype}; pass the uint8 codes from quantize_blockwise")
     state = _check_state(codes, state)
-    lib = _library_for(codes, "codes")
+    lib = _dispatch.library_for(codes, "codes")
     if out is None:
         out = torch.empty(torch.Size(state.shape), dtype=state.dtype, device=codes.device)
     elif (_check_tensor("out", out).dtype != state.dtype or out.shape != torch.Size(state.shape) or out.device != codes.device
@@ -153,6 +136,6 @@ def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out
             f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
     src = codes.contiguous()
     absmax = state.absmax.contiguous()
-    lib.call("kbit_dequantize_blockwise_8bit", _DTYPES[state.dtype], _ptr(src), _ptr(absmax), _ptr(out), src.numel(),
-             state.blocksize, None, torch.get_num_threads())
+    lib.call("kbit_dequantize_blockwise_8bit", _DTYPES[state.dtype], _dispatch.ptr(src), _dispatch.ptr(absmax),
+             _dispatch.ptr(out), src.numel(), state.blocksize, _dispatch.stream_for(codes), _dispatch.threads())
     return out

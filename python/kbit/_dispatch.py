@@ -1,0 +1,42 @@
+"""Which native library serves a tensor, and the launch arguments that go with it.
+
+This module owns the mapping tensor -> (library, stream, thread count) used by kbit.functional, kbit.optim
+and kbit.nn. CPU tensors always go to libkbit_cpu; CUDA tensors go to the CUDA variant the runtime selects.
+It does not gather facts or choose variants itself.
+"""
+from __future__ import annotations
+
+import torch
+
+from kbit import _errors, _native
+
+
+def library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
+    """The library that serves tensor `t` (called `name` in messages)."""
+    if t.device.type == "cpu":
+        return _native.cpu()
+    if t.device.type == "cuda":
+        bundled = ", ".join(sorted(_native.bundled_manifests())) or "none"
+        raise _errors.BackendUnavailableError(
+            f"{name} is on {t.device}, but this kbit installation serves only CPU tensors: its package folder "
+            f"{_native.package_dir()} bundles the variants: {bundled}. fix: move the tensor with {name}.cpu(), or "
+            f"build a CUDA variant (nox -s build-cuda130) and install a wheel that bundles it")
+    raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors. "
+                                 f"fix: move it with {name}.cpu()")
+
+
+def stream_for(t: torch.Tensor) -> int | None:
+    """The `stream` argument of a native call on `t`: torch's current stream of t's device (NULL on CPU)."""
+    if t.device.type == "cuda":
+        return torch.cuda.current_stream(t.device).cuda_stream or None
+    return None
+
+
+def threads() -> int:
+    """The `num_threads` argument: torch's intra-op thread count, so kbit and torch share one budget."""
+    return max(1, torch.get_num_threads())
+
+
+def ptr(t: torch.Tensor) -> int | None:
+    """The data pointer of a contiguous tensor for ctypes (None for an empty tensor)."""
+    return t.data_ptr() or None
