@@ -1,6 +1,7 @@
 /* host_tables.h: host storage of the generated code maps (defined once, in abi.cpp). */
 #pragma once
 
+#include "numerics/blockwise8.h"
 #include "numerics/dynamic_maps.h"
 
 namespace kbit {
@@ -10,4 +11,8 @@ extern const float kSignedMidLo[255];
 extern const float kUnsignedValues[256];
 extern const float kUnsignedMidHi[255];
 extern const float kUnsignedMidLo[255];
+
+/* The complete host view of a map (KBIT_MAP_DYNAMIC_SIGNED or _UNSIGNED): what CPU code passes to
+ * nearest_code / quantize_8bit. */
+const MapView& host_map(int32_t map);
 }  // namespace kbit

@@ -9,11 +9,10 @@
 namespace kbit {
 namespace {
 
-const MapView kSignedMap{kSignedValues, kSignedMidHi, kSignedMidLo};
-
 template <class T>
 void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t bs, int32_t threads) {
   const int64_t blocks = block_count(n, bs);
+  const MapView& map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t start = b * bs;
@@ -22,7 +21,7 @@ void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_
     for (int64_t i = 0; i < len; ++i) m = absmax_step(m, to_float(in[start + i]));
     absmax[b] = m;
     const float inv = inverse_absmax(m);
-    for (int64_t i = 0; i < len; ++i) out[start + i] = quantize_8bit(to_float(in[start + i]), m, inv, kSignedMap);
+    for (int64_t i = 0; i < len; ++i) out[start + i] = quantize_8bit(to_float(in[start + i]), m, inv, map);
   }
 }
 
