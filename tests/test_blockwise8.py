@@ -93,6 +93,21 @@ def test_midpoints_zeros_and_tiny_values_get_the_nearest_code():
     assert torch.equal(codes[1:257], torch.arange(256, dtype=torch.uint8))  # map values map to themselves
 
 
+def test_both_edges_of_every_top_16_bit_bucket_get_the_nearest_code():
+    # the CPU finds codes through a table indexed by a float's top 16 bits plus one comparison: check the
+    # first and last float of every bucket in [-1, 1] (absmax 1, so x * inv == x) against the reference
+    top = torch.arange(1 << 16, dtype=torch.int64)
+    edges = torch.cat([top << 16, (top << 16) | 0xFFFF]).to(torch.int64)
+    x = (edges - (1 << 32) * (edges >= (1 << 31))).to(torch.int32).view(torch.float32)
+    x = x[x.abs() <= 1.0]  # also drops NaNs
+    assert x.numel() > 32000
+    A = torch.cat([torch.tensor([1.0]), x])
+    for start in range(0, A.numel(), 4095):
+        block = torch.cat([torch.tensor([1.0]), A[start:start + 4095]])
+        codes, _ = F.quantize_blockwise(block, blocksize=4096)
+        assert torch.equal(codes, reference_codes(block, 4096)[0])
+
+
 def test_exact_midpoints_go_to_the_lower_code():
     m = SIGNED.double()
     exact = (m[:-1] + m[1:]) / 2
@@ -154,6 +169,23 @@ def test_nan_wins_over_inf_in_a_block():
     A[3], A[9] = math.inf, math.nan
     _, state = F.quantize_blockwise(A, blocksize=64)
     assert math.isnan(state.absmax[0].item())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_absmax_of_every_dtype_is_exact_and_any_nan_is_the_canonical_nan(dtype):
+    # the CPU reduces |x| as ordered integer bits; check it against torch per dtype, with inf, -0 and NaNs
+    # of either sign and other payloads, which all become the quiet NaN 0x7fc00000
+    A = torch.randn(8, 64).to(dtype)
+    A[1, 5], A[2, :], A[3, 7] = -math.inf, -0.0, math.inf
+    nans = torch.tensor([0x7FC00001, -0x00400000, 0x7F800001], dtype=torch.int32).view(torch.float32)  # payload, -NaN, sNaN
+    A[4:7, 9] = nans.to(dtype) if dtype == torch.float32 else torch.nan
+    A[7, 0] = torch.finfo(dtype).tiny / 4 if dtype != torch.bfloat16 else 1e-40
+    _, state = F.quantize_blockwise(A, blocksize=64)
+    expect = A.float().abs().amax(dim=1)
+    finite = ~torch.isnan(expect)
+    assert torch.equal(state.absmax[finite], expect[finite])
+    assert finite.tolist() == [True, True, True, True, False, False, False, True]
+    assert state.absmax[~finite].view(torch.int32).tolist() == [0x7FC00000] * 3
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

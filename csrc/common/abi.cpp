@@ -14,12 +14,6 @@ const float kSignedMidLo[255] = KBIT_DYNAMIC_SIGNED_MID_LO;
 const float kUnsignedValues[256] = KBIT_DYNAMIC_UNSIGNED_VALUES;
 const float kUnsignedMidHi[255] = KBIT_DYNAMIC_UNSIGNED_MID_HI;
 const float kUnsignedMidLo[255] = KBIT_DYNAMIC_UNSIGNED_MID_LO;
-
-const MapView& host_map(int32_t map) {
-  static const MapView kSigned{kSignedValues, kSignedMidHi, kSignedMidLo};
-  static const MapView kUnsigned{kUnsignedValues, kUnsignedMidHi, kUnsignedMidLo};
-  return map == KBIT_MAP_DYNAMIC_UNSIGNED ? kUnsigned : kSigned;
-}
 }  // namespace kbit
 
 extern "C" {

@@ -1,6 +1,7 @@
 /* host_tables.h: host storage of the generated code maps (defined once, in abi.cpp). */
 #pragma once
 
+#include "kbit.h"
 #include "numerics/blockwise8.h"
 #include "numerics/dynamic_maps.h"
 

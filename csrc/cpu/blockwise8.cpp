@@ -9,6 +9,33 @@
 namespace kbit {
 namespace {
 
+/* absmax of one block through its magnitude bits: an integer max the compiler vectorizes. */
+template <class T>
+float block_absmax(const T* in, int64_t len) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const uint32_t b = magnitude_bits(in[i]);
+    m = b > m ? b : m;
+  }
+  return magnitude_value<T>(m);
+}
+
+/* The codes of one block; the per-block choices (non-finite block, reciprocal overflow) are made once here,
+ * so the per-element loop is a multiply and the bucketed search. Same codes as quantize_8bit. */
+template <class T>
+void quantize_block(const T* in, uint8_t* out, int64_t len, float absmax, const MapView& map) {
+  if (!is_finite_scale(absmax)) {
+    for (int64_t i = 0; i < len; ++i) out[i] = kSignedZeroCode;
+    return;
+  }
+  const float inv = inverse_absmax(absmax);
+  if (inv > kFloatMax) {  // subnormal absmax: divide, as normalize() does
+    for (int64_t i = 0; i < len; ++i) out[i] = nearest_code_bucketed(to_float(in[i]) / absmax, map.buckets, map.above);
+    return;
+  }
+  for (int64_t i = 0; i < len; ++i) out[i] = nearest_code_bucketed(to_float(in[i]) * inv, map.buckets, map.above);
+}
+
 template <class T>
 void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t bs, int32_t threads) {
   const int64_t blocks = block_count(n, bs);
@@ -17,11 +44,9 @@ void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t start = b * bs;
     const int64_t len = n - start < bs ? n - start : bs;
-    float m = 0.0f;
-    for (int64_t i = 0; i < len; ++i) m = absmax_step(m, to_float(in[start + i]));
+    const float m = block_absmax(in + start, len);
     absmax[b] = m;
-    const float inv = inverse_absmax(m);
-    for (int64_t i = 0; i < len; ++i) out[start + i] = quantize_8bit(to_float(in[start + i]), m, inv, map);
+    quantize_block(in + start, out + start, len, m, map);
   }
 }
 

@@ -40,7 +40,7 @@ __global__ void quantize_kernel(const T* __restrict__ in, float* __restrict__ ab
   const int len = static_cast<int>(n - start < bs ? n - start : bs);
   float m = 0.0f;
   for (int i = threadIdx.x; i < len; i += blockDim.x) m = absmax_step(m, to_float(in[start + i]));
-  m = block_absmax(m, s_scratch);  // its __syncthreads also publishes s_hi / s_lo
+  m = canonical_absmax(block_absmax(m, s_scratch));  // its __syncthreads also publishes s_hi / s_lo
   if (threadIdx.x == 0) absmax[blockIdx.x] = m;
   const float inv = inverse_absmax(m);
   const MapView map{c_values, s_hi, s_lo};

@@ -26,12 +26,38 @@ namespace kbit {
 constexpr float kFloatMax = 3.40282346638528859811704183484516925e+38f;
 constexpr uint8_t kSignedZeroCode = 127;
 
-/* The storage of one map as the numerics need it: values[256] and exact midpoints mid_hi/lo[255]. */
+/* The storage of one map as the numerics need it: values[256] and the exact midpoints mid_hi/lo[255].
+ * Host maps (common/host_tables.h host_map) also carry the bucket search tables (nearest_code_bucketed):
+ * buckets[65536], the candidate code for each value of a float's top 16 bits, and above[256], the largest
+ * float that is not above the midpoint following each code (+inf for code 255). */
 struct MapView {
   const float* values;
   const float* mid_hi;
   const float* mid_lo;
+  const uint8_t* buckets = nullptr;
+  const float* above = nullptr;
 };
+
+/* |x| as ordered bits: for non-negative numbers of one format the unsigned order of the bit patterns is the
+ * value order, and every NaN pattern orders above inf. The maximum of these bits over a block is therefore
+ * the bit pattern of the NaN-propagating absmax, and an integer maximum vectorizes where a float one cannot
+ * (the compiler may not reorder float max reductions). */
+KBIT_HD uint32_t magnitude_bits(float v) { return float_bits(v) & 0x7FFFFFFFu; }
+KBIT_HD uint32_t magnitude_bits(f16 v) { return v.bits & 0x7FFFu; }
+KBIT_HD uint32_t magnitude_bits(bf16 v) { return v.bits & 0x7FFFu; }
+
+/* The absmax a block reports: any NaN becomes the canonical quiet NaN, so CPU and GPU store the same bits
+ * whichever NaN they met first. */
+KBIT_HD float canonical_absmax(float m) { return m != m ? bits_float(0x7fc00000u) : m; }
+
+template <class T>
+KBIT_HD float magnitude_value(uint32_t bits) {
+  T v;
+  v.bits = static_cast<uint16_t>(bits);
+  return canonical_absmax(to_float(v));
+}
+template <>
+KBIT_HD float magnitude_value<float>(uint32_t bits) { return canonical_absmax(bits_float(bits)); }
 
 /* One step of a NaN-propagating max of |x|. */
 KBIT_HD float absmax_step(float m, float x) {
@@ -64,9 +90,24 @@ KBIT_HD uint8_t nearest_code(float x, const float* mid_hi, const float* mid_lo) 
   return static_cast<uint8_t>(code);
 }
 
+/* The same exact answer in one table load and one comparison (host maps only). All floats sharing their
+ * top 16 bits form a value interval, and host_map() checks, while building the tables, that no interval
+ * holds more than one midpoint (the dynamic maps' midpoints are more than 2^-7 relative apart); so the
+ * nearest code is the interval's candidate or the code after it. `x > above[c]` is exactly
+ * `x > mid_hi[c] + mid_lo[c]` for every float x (above[c] is mid_hi[c], or the float below it when mid_lo[c]
+ * is negative). NaN gets code 0, as the halving search gives it (all its comparisons are false). */
+KBIT_HD uint8_t nearest_code_bucketed(float x, const uint8_t* buckets, const float* above) {
+  const int c = buckets[float_bits(x) >> 16];
+  const int code = c + static_cast<int>(x > above[c]);
+  return static_cast<uint8_t>(x == x ? code : 0);
+}
+
 /* The nearest code of `map` to the normalised value x (exact; ties to the lower code). The one entry point
- * for every caller (quantization, optimizer state requantization), so its implementation can change. */
-KBIT_HD uint8_t nearest_code(float x, const MapView& map) { return nearest_code(x, map.mid_hi, map.mid_lo); }
+ * for every caller (quantization, optimizer state requantization): bucketed where the map has the tables
+ * (host), halving search otherwise (device, where 64 KiB per map would not stay in fast memory). */
+KBIT_HD uint8_t nearest_code(float x, const MapView& map) {
+  return map.buckets ? nearest_code_bucketed(x, map.buckets, map.above) : nearest_code(x, map.mid_hi, map.mid_lo);
+}
 
 KBIT_HD uint8_t quantize_8bit(float x, float absmax, float inv, const MapView& map) {
   if (!is_finite_scale(absmax)) return kSignedZeroCode;
