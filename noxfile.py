@@ -5,6 +5,7 @@
 - toolkit-<variant>: fetch the row's CUDA toolkit (toolkit_source) into .toolkits/<variant>.
 - tests: the test suite in a fresh venv with the package installed (README's test command).
 - check: validate matrix.toml and the generated numerics tables.
+- bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py).
 """
 from __future__ import annotations
 
@@ -84,3 +85,15 @@ def tests(session: nox.Session) -> None:
     session.install(*TEST_TORCH)
     session.install(".[test]", *BUILD_TOOLS, *TEST_TOOLS)
     session.run("pytest", *session.posargs)
+
+
+# Extra pip requirements for the bench venv, e.g. KBIT_BENCH_EXTRA="bitsandbytes==0.50.2" to print its figures too.
+BENCH_EXTRA = shlex.split(os.environ.get("KBIT_BENCH_EXTRA", ""))
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Time kbit's CPU kernels on 4096x4096 fp32 (median, GB/s) beside copy bandwidth, torch and bitsandbytes."""
+    session.install(*TEST_TORCH)
+    session.install(".", *BUILD_TOOLS, *BENCH_EXTRA)
+    session.run("python", str(ROOT / "ci" / "bench.py"), *session.posargs)

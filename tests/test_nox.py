@@ -33,7 +33,7 @@ def test_one_build_session_per_variant_each_with_a_docstring():
             assert f"CUDA {v.toolkit}" in doc and f"PTX {v.ptx}" in doc
         if v.toolkit_source:
             assert f"toolkit-{v.name}" in sessions
-    assert "tests" in sessions and "check" in sessions
+    assert "tests" in sessions and "check" in sessions and "bench" in sessions
     assert all(doc.strip() for doc in sessions.values())
 
 
