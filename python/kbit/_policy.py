@@ -27,8 +27,8 @@ from kbit import _errors
 from kbit._facts import Facts, Gpu, Variant, cuda_version_text
 
 OVERRIDE_VARIABLE = "BNB_CUDA_VERSION"
-_DIGITS = re.compile(r"^([0-9]{2})([0-9]{1,2})$")
-_DOTTED = re.compile(r"^([0-9]{2})\.([0-9]{1,2})$")
+_DIGITS = re.compile(r"([0-9]{2})([0-9]{1,2})")
+_DOTTED = re.compile(r"([0-9]{2})\.([0-9]{1,2})")
 
 # failure classes of a decision without a variant (the typed error kbit raises for a CUDA tensor)
 PROBLEM_ERRORS = {
@@ -79,7 +79,7 @@ def parse_override(value: str | None, bundled: tuple[str, ...]) -> str | None:
         return None
     if value.lower() == "cpu":
         return "cpu"
-    match = _DIGITS.match(value) or _DOTTED.match(value)
+    match = _DIGITS.fullmatch(value) or _DOTTED.fullmatch(value)
     if not match:
         shown = value if len(value) <= 40 else value[:40] + f"... ({len(value)} characters)"
         raise _errors.BadOverrideError(
@@ -173,8 +173,10 @@ def _decide_override(facts: Facts, raw: str, wanted: str, bundled: tuple[str, ..
             f"{_bundled_text(bundled)}. fix: choose one of those, unset {OVERRIDE_VARIABLE}, or install a kbit "
             f"build that includes {wanted}")
     warnings = _override_warnings(facts, variant, said)
-    reasons = (f"{said} selects {wanted} ({archs_text(variant)}, CUDA {cuda_version_text(variant.toolkit)})",)
-    return Decision(wanted, "override", reasons, warnings, coverage=_coverage_of(facts, variant))
+    cov = _coverage_of(facts, variant)
+    reasons = (f"{said} selects {wanted} ({archs_text(variant)}, CUDA {cuda_version_text(variant.toolkit)})",
+               *(f"GPU {i} runs {how}" for i, how in cov))
+    return Decision(wanted, "override", reasons, warnings, coverage=cov)
 
 
 def _override_warnings(facts: Facts, v: Variant, said: str) -> tuple[str, ...]:
