@@ -21,10 +21,13 @@ NAMES = {100: "CUDA_ERROR_NO_DEVICE", 34: "CUDA_ERROR_STUB_LIBRARY", 35: "CUDA_E
 class FakeCuda:
     """Stands in for libcuda: the driver API functions the probe calls, with results set per test."""
 
-    def __init__(self, version=12040, devices=(("NVIDIA GeForce RTX 4090", 8, 9),), fail=None, names=True):
-        self.version, self.devices, self.fail = version, devices, fail or {}
-        if not names:
-            self.cuGetErrorName = None
+    def __init__(self, version=12040, devices=(("NVIDIA GeForce RTX 4090", 8, 9),), fail=None, missing=()):
+        self.version, self.devices, self.fail, self.missing = version, devices, fail or {}, missing
+
+    def __getattribute__(self, name):
+        if name.startswith("cu") and name in object.__getattribute__(self, "missing"):
+            raise AttributeError(name)  # what ctypes raises for a symbol the library lacks
+        return object.__getattribute__(self, name)
 
     def _status(self, fn):
         return self.fail.get(fn, 0)
@@ -93,15 +96,9 @@ def test_a_gpu_whose_name_fails_keeps_its_compute_capability():
 
 
 def test_missing_functions_and_error_names_are_recorded():
-    class Old(FakeCuda):
-        def __getattribute__(self, name):
-            if name == "cuDeviceGetName":
-                raise AttributeError(name)  # what ctypes raises for a symbol the library lacks
-            return super().__getattribute__(name)
-
-    facts = _facts.probe_driver(Old(), "libcuda.so.1")
+    facts = _facts.probe_driver(FakeCuda(missing=("cuDeviceGetName",)), "libcuda.so.1")
     assert "cuDeviceGetName: not exported by the driver library" in facts.errors
-    facts = _facts.probe_driver(FakeCuda(fail={"cuInit": 100}, names=False), "libcuda.so.1")
+    facts = _facts.probe_driver(FakeCuda(fail={"cuInit": 100}, missing=("cuGetErrorName",)), "libcuda.so.1")
     assert "cuInit: CUDA_ERROR_UNKNOWN_CODE (100)" in facts.errors
 
 
