@@ -46,9 +46,11 @@ def check_override(report) -> list[Finding]:
     err = report.decision_error
     if err is None:
         return []
-    key = "variant_not_bundled" if err.type == "VariantNotBundledError" else "bad_override"
-    return [Finding(key, "error", "BNB_CUDA_VERSION cannot be honoured", err.message.split(" fix: ")[0],
-                    err.message.split(" fix: ")[-1], err.exit_code)]
+    key, title = {"VariantNotBundledError": ("variant_not_bundled", "BNB_CUDA_VERSION names a variant not bundled"),
+                  "BadOverrideError": ("bad_override", "BNB_CUDA_VERSION is malformed")}.get(
+        err.type, ("installation_damaged", "kbit's installation cannot be read"))
+    evidence, _, fix = err.message.partition(" fix: ")
+    return [Finding(key, "error", title, evidence, fix or "reinstall kbit", err.exit_code)]
 
 
 def check_stale_import(report) -> list[Finding]:

@@ -80,12 +80,13 @@ def build(*, self_test: bool = True) -> Report:
     """Everything about this process; failures are recorded, never raised."""
     import kbit
 
-    facts = _runtime.facts(probe_driver=True)
     decision, decision_error = None, None
     try:
+        facts = _runtime.facts(probe_driver=True)
         decision = _policy.decide(facts, _runtime.override())
-    except _errors.KbitError as exc:
+    except _errors.KbitError as exc:  # a bad override, or a damaged manifest (then no variant is known)
         decision_error = ErrorInfo.of(exc)
+        facts = _facts_without_variants()
     report = Report(kbit.__version__, _native.package_dir(), _installed_version(), facts, decision, decision_error)
     report.loads.append(_load("cpu"))
     if decision is not None and decision.variant is not None:
@@ -98,6 +99,14 @@ def build(*, self_test: bool = True) -> Report:
 
     report.findings = _diagnose.diagnose(report)
     return report
+
+
+def _facts_without_variants() -> _facts.Facts:
+    from kbit import _platform
+
+    platform = _platform.current()
+    return _facts.Facts(_facts.gather_host(platform), _facts.gather_torch(), _facts.gather_driver(platform), (),
+                        _facts.gather_env())
 
 
 def _installed_version() -> str | None:
