@@ -9,6 +9,7 @@ BNB_CUDA_VERSION is set (or when the diagnosis asks for everything).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 
@@ -54,12 +55,20 @@ def facts(*, probe_driver: bool | None = None) -> _facts.Facts:
         env=_facts.gather_env())
 
 
+def _user_stacklevel() -> int:
+    """The warnings.warn stacklevel that points at the first caller outside kbit (from the caller's frame)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "kbit":
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def decision() -> _policy.Decision:
     """The process's decision, made once (its warnings are emitted once, as KbitWarning)."""
     def make():
         made = _policy.decide(facts(), override())
         for text in made.warnings:
-            warnings.warn(text, _errors.KbitWarning, stacklevel=4)
+            warnings.warn(text, _errors.KbitWarning, stacklevel=_user_stacklevel())
         return made
     return _once("decision", make)
 
