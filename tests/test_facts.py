@@ -230,21 +230,57 @@ def test_windows_names_and_dll_directories(tmp_path):
     assert "vcruntime140.dll" in win.runtime_libraries() and not win.find_system_library("missing.dll")
 
 
-def test_the_windows_layer_loads_a_kbit_library_by_absolute_path(tmp_path):
-    """The selector's load path on Windows, with the Linux loader standing in for LoadLibrary."""
-    rec = Recorder()
-    opened = []
-    win = _platform.WindowsPlatform(opener=lambda p: opened.append(p) or ctypes.CDLL(p), add_dll_directory=rec.add,
-                                    torch_lib_dir=lambda: None)
-    with _platform.use(win):
-        lib = _native.load_library(_native.cpu().path, _native.bundled_manifests()["cpu"])
-    assert opened == [str(_native.cpu().path)] and rec.added == [str(_native.cpu().path.parent)]
-    assert lib.build_info["variant"] == "cpu"
-
-
 def test_the_platform_is_chosen_once_and_substitutable():
     here = _platform.current()
     assert here is _platform.current() and isinstance(here, _platform.LinuxPlatform)
     with _platform.use(NoDriverPlatform()) as fake:
         assert _platform.current() is fake
     assert _platform.current() is here
+
+
+def test_windows_file_checks(tmp_path):
+    win = _platform.WindowsPlatform(opener=lambda p: None, add_dll_directory=lambda d: None)
+    elf = tmp_path / "kbit_cpu.dll"
+    shutil.copy(_native.cpu().path, elf)
+    assert "Linux ELF library, not a Windows DLL" in win.file_problem(elf)
+    (tmp_path / "x.dll").write_bytes(b"MZ\x90\x00" + b"\0" * 60)
+    assert win.file_problem(tmp_path / "x.dll") is None
+    (tmp_path / "t.dll").write_text("version https://git-lfs.github.com/spec/v1")
+    assert "no MZ header" in win.file_problem(tmp_path / "t.dll")
+
+
+WINDOWS_LOAD = """
+import ctypes, json, sys, torch
+from kbit import _binfile, _native, _platform, _facts, functional as F
+events = []
+class WindowsOnLinux(_platform.WindowsPlatform):
+    def file_problem(self, path):
+        return _binfile.problem_with(path)  # the stand-in loader is Linux's, so the file is ELF
+win = WindowsOnLinux(opener=lambda p: events.append(["open", p]) or ctypes.CDLL(p),
+                     add_dll_directory=lambda d: events.append(["dll_dir", d]) or object())
+with _platform.use(win):
+    variants = _facts.gather_variants(_native.bundled_manifests(), _native.expected_library_path)
+    codes, state = F.quantize_blockwise(torch.ones(64), 64)
+print(json.dumps({"events": events, "files": [str(v.library) for v in variants], "present": [v.present for v in variants]}))
+"""
+
+
+def test_the_windows_path_end_to_end_with_a_substituted_platform(tmp_path):
+    """A package folder with kbit_cpu.dll (an ELF file the Linux loader opens for the test): the selector
+    computes the .dll names, adds the package and torch DLL folders, and loads by absolute path."""
+    import os
+
+    from test_runtime_load import package_copy
+
+    site = package_copy(tmp_path)
+    (site / "kbit" / "libkbit_cpu.so").rename(site / "kbit" / "kbit_cpu.dll")
+    done = subprocess.run([sys.executable, "-c", WINDOWS_LOAD], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    dll = str((site / "kbit" / "kbit_cpu.dll").resolve())
+    assert report["files"] == [dll] and report["present"] == [True]
+    import torch
+
+    torch_lib = str(Path(torch.__file__).parent / "lib")
+    assert report["events"] == [["dll_dir", str((site / "kbit").resolve())], ["dll_dir", torch_lib], ["open", dll]]

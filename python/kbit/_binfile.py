@@ -3,13 +3,12 @@
 This module owns one thing: refusing a file that is not a complete library of this platform. The glibc
 loader maps a truncated ELF file and then dies with SIGBUS when it touches the missing pages, taking the
 whole Python process with it; reading the headers first turns that into an error with the path and the fix.
-It does not load anything.
+It does not load anything; kbit._platform chooses which check applies to the OS.
 """
 from __future__ import annotations
 
 import platform
 import struct
-import sys
 from pathlib import Path
 
 _ELF_MAGIC = b"\x7fELF"
@@ -20,15 +19,13 @@ _HOST_MACHINE = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
 
 
 def problem_with(path: Path) -> str | None:
-    """Why `path` cannot be a complete shared library here, or None when its headers are consistent.
+    """Why `path` cannot be a complete ELF shared library here, or None when its headers are consistent.
 
     Reads the headers only (a CUDA library can be 100 MB)."""
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
             head = f.read(64)
-            if sys.platform == "win32":
-                return None if head[:2] == b"MZ" else "it does not start like a Windows DLL (no MZ header)"
             problem = _elf_header_problem(head, size)
             if problem:
                 return problem
@@ -39,6 +36,20 @@ def problem_with(path: Path) -> str | None:
             return _segment_problem(f.read(phentsize * phnum), order, phentsize, phnum, size)
     except OSError as exc:
         return f"it cannot be read ({exc.strerror})"
+
+
+def dll_problem(path: Path) -> str | None:
+    """Why `path` cannot be a Windows DLL, or None when it starts like one."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(2)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if head == _ELF_MAGIC[:2]:
+        return "it is a Linux ELF library, not a Windows DLL (a wheel for another platform was installed)"
+    if head != b"MZ":
+        return "it does not start like a Windows DLL (no MZ header)"
+    return None
 
 
 def _elf_header_problem(head: bytes, size: int) -> str | None:

@@ -109,12 +109,12 @@ def load_library(path: Path, manifest: dict | None = None) -> NativeLibrary:
     manifest) check that the library says the same about itself."""
     if not path.is_absolute():
         raise _errors.LibraryLoadError(f"refusing to load {path}: kbit loads its libraries by absolute path only")
-    problem = _binfile.problem_with(path)
+    platform = _platform.current()
+    problem = platform.file_problem(path)
     if problem:
         raise _errors.LibraryLoadError(
             f"{path} cannot be loaded: {problem}. fix: reinstall kbit (pip install --force-reinstall kbit); "
             f"an interrupted download or install leaves such files")
-    platform = _platform.current()
     platform.prepare_load(path.parent)
     try:
         handle = platform.load(path)

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+from kbit import _binfile
+
 
 class Platform(Protocol):
     """Everything OS-specific that finding and loading kbit's libraries needs."""
@@ -33,6 +35,9 @@ class Platform(Protocol):
 
     def prepare_load(self, package_dir: Path) -> tuple[str, ...]:
         """Make a kbit library in `package_dir` loadable (its dependencies findable); returns what was done."""
+
+    def file_problem(self, path: Path) -> str | None:
+        """Why `path` cannot be a complete library of this OS (checked before the loader maps it), or None."""
 
     def load(self, path: Path) -> ctypes.CDLL:
         """Open a library by absolute path; raises OSError with the loader's own message."""
@@ -77,6 +82,9 @@ class LinuxPlatform:
 
     def prepare_load(self, package_dir: Path) -> tuple[str, ...]:
         return ()  # kbit's libraries link the CUDA runtime statically and need only system libraries
+
+    def file_problem(self, path: Path) -> str | None:
+        return _binfile.problem_with(path)
 
     def load(self, path: Path) -> ctypes.CDLL:
         return self._open(str(path))
@@ -131,6 +139,9 @@ class WindowsPlatform:
                 if folder is not None and Path(folder).is_dir() and str(folder) not in self._added:
                     self._added[str(folder)] = self._add(str(folder))
             return tuple(self._added)
+
+    def file_problem(self, path: Path) -> str | None:
+        return _binfile.dll_problem(path)
 
     def load(self, path: Path) -> ctypes.CDLL:
         return self._open(str(path))
