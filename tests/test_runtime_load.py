@@ -67,13 +67,13 @@ before = set(sys.modules)
 start = time.perf_counter()
 import kbit
 cost = time.perf_counter() - start
-print(cost, " ".join(sorted(m for m in set(sys.modules) - before if not m.startswith("kbit"))))
+print(cost, " ".join(sorted(set(sys.modules) - before)))
 """
 
 
 def test_import_kbit_costs_little_over_import_torch():
     """Measured inside one process after `import torch`, so the machine's load does not add torch's noise.
-    Typical: 13-18 ms here; the issue's budget is 50 ms; the guard allows 150 ms so that a busy shared machine
+    Typical: 4-6 ms here; the issue's budget is 50 ms; the guard allows 150 ms so that a busy shared machine
     cannot make it flake, while an eager heavy import (a second torch-sized module, torch.compile) still fails."""
     costs = []
     for _ in range(3):
@@ -81,8 +81,10 @@ def test_import_kbit_costs_little_over_import_torch():
         assert done.returncode == 0, done.stderr
         cost, _, modules = done.stdout.strip().partition(" ")
         costs.append(float(cost))
-        heavy = {"importlib.metadata", "platform", "kbit._report", "kbit._diagnose", "numpy", "scipy"}
-        assert not heavy & set(modules.split()), modules
+        heavy = {"importlib.metadata", "platform", "numpy", "scipy"}
+        # the runtime, the facts and the diagnosis are imported at the first CUDA tensor or `python -m kbit`
+        lazy = {"kbit._runtime", "kbit._facts", "kbit._policy", "kbit._report", "kbit._diagnose", "kbit._render"}
+        assert not (heavy | lazy) & set(modules.split()), modules
     assert min(costs) < 0.150, costs
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kbit import _errors, _native, _runtime
+from kbit import _errors, _native
 
 
 def library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
@@ -16,6 +16,8 @@ def library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
     if t.device.type == "cpu":
         return _native.cpu()
     if t.device.type == "cuda":
+        from kbit import _runtime  # imported at the first CUDA tensor: CPU-only work never pays for it
+
         index = t.device.index if t.device.index is not None else torch.cuda.current_device()
         return _runtime.cuda_library(index, name)
     raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors. "

@@ -31,7 +31,9 @@ def library_filename(variant: str) -> str:
 
 def package_dir() -> str:
     """Where the installed kbit package is, for messages (an editable install may span two folders)."""
-    return str(importlib.resources.files(_PACKAGE))
+    root = importlib.resources.files(_PACKAGE)
+    folders = getattr(root, "_paths", None)  # an editable install's MultiplexedPath spans several folders
+    return " + ".join(str(f) for f in folders) if folders else str(root)
 
 
 def _package_entries() -> list[str]:
