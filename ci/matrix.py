@@ -288,7 +288,8 @@ def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None) -> list[st
         chosen = tuple(sass) if sass else variant.sass
         args += [f"-DKBIT_CUDA_ARCHS={cmake_archs(chosen, max(chosen))}",
                  f"-DKBIT_CUDA_TOOLKIT={variant.toolkit}",
-                 f"-DKBIT_FATBIN_COMPRESSION={variant.compression}"]
+                 f"-DKBIT_FATBIN_COMPRESSION={variant.compression}",
+                 f"-DKBIT_MIN_DRIVER={variant.min_driver}"]
     return args
 
 

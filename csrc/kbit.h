@@ -47,7 +47,7 @@ typedef enum kbit_map { KBIT_MAP_DYNAMIC_SIGNED = 0, KBIT_MAP_DYNAMIC_UNSIGNED =
 
 /* ---- handshake: return values, never change signature ---- */
 KBIT_API int32_t kbit_abi_version(void);
-/* JSON: {"abi", "kbit_version", "variant", "backend", "toolkit", "sass", "ptx", "compression",
+/* JSON: {"abi", "kbit_version", "variant", "backend", "toolkit", "sass", "ptx", "compression", "min_driver",
  *        "compiler", "commit"}; static storage, never NULL. */
 KBIT_API const char* kbit_build_info(void);
 /* The detail of the calling thread's last failure ("" when the last call succeeded); never NULL. */

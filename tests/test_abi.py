@@ -168,9 +168,9 @@ import threading, kbit
 from kbit import _native
 calls = []
 original = _native.load_library
-def counting(path):
+def counting(path, *rest):
     calls.append(path)
-    return original(path)
+    return original(path, *rest)
 _native.load_library = counting
 barrier = threading.Barrier(16)
 results = []

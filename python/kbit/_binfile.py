@@ -3,13 +3,12 @@
 This module owns one thing: refusing a file that is not a complete library of this platform. The glibc
 loader maps a truncated ELF file and then dies with SIGBUS when it touches the missing pages, taking the
 whole Python process with it; reading the headers first turns that into an error with the path and the fix.
-It does not load anything.
+It does not load anything; kbit._platform chooses which check applies to the OS.
 """
 from __future__ import annotations
 
 import platform
 import struct
-import sys
 from pathlib import Path
 
 _ELF_MAGIC = b"\x7fELF"
@@ -20,15 +19,13 @@ _HOST_MACHINE = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
 
 
 def problem_with(path: Path) -> str | None:
-    """Why `path` cannot be a complete shared library here, or None when its headers are consistent.
+    """Why `path` cannot be a complete ELF shared library here, or None when its headers are consistent.
 
     Reads the headers only (a CUDA library can be 100 MB)."""
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
             head = f.read(64)
-            if sys.platform == "win32":
-                return None if head[:2] == b"MZ" else "it does not start like a Windows DLL (no MZ header)"
             problem = _elf_header_problem(head, size)
             if problem:
                 return problem
@@ -39,6 +36,20 @@ def problem_with(path: Path) -> str | None:
             return _segment_problem(f.read(phentsize * phnum), order, phentsize, phnum, size)
     except OSError as exc:
         return f"it cannot be read ({exc.strerror})"
+
+
+def dll_problem(path: Path) -> str | None:
+    """Why `path` cannot be a Windows DLL, or None when it starts like one."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(2)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if head == _ELF_MAGIC[:2]:
+        return "it is a Linux ELF library, not a Windows DLL (a wheel for another platform was installed)"
+    if head != b"MZ":
+        return "it does not start like a Windows DLL (no MZ header)"
+    return None
 
 
 def _elf_header_problem(head: bytes, size: int) -> str | None:
@@ -66,3 +77,62 @@ def _segment_problem(table: bytes, order: str, phentsize: int, phnum: int, size:
         if p_type == _PT_LOAD and p_offset + p_filesz > size:
             return f"it is truncated: {size} bytes, but a loadable segment ends at {p_offset + p_filesz}"
     return None
+
+
+# ------------------------------------------------------------------ what a library asks of the system
+
+_SHT_DYNAMIC, _SHT_VERNEED, _DT_NEEDED = 6, 0x6FFFFFFE, 1
+
+
+def requirements(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(DT_NEEDED libraries, symbol versions needed such as GLIBC_2.34) of an ELF library; ((), ()) when the
+    file is not a readable 64-bit ELF library. Read from the section headers, without loading the file."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return (), ()
+    if len(data) < 64 or data[:4] != _ELF_MAGIC or data[4] != 2 or _elf_header_problem(data[:64], len(data)):
+        return (), ()
+    order = "<" if data[5] == 1 else ">"
+    shoff = struct.unpack_from(order + "Q", data, 40)[0]
+    shentsize, shnum = struct.unpack_from(order + "HH", data, 58)
+    sections = [struct.unpack_from(order + "IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)]
+    needed, versions = [], []
+    for _, sh_type, _, _, offset, size, link, info in sections:
+        strtab = sections[link][4] if link < len(sections) else 0
+        if sh_type == _SHT_DYNAMIC:
+            for pos in range(offset, offset + size, 16):
+                tag, val = struct.unpack_from(order + "qQ", data, pos)
+                if tag == _DT_NEEDED:
+                    needed.append(_cstr(data, strtab + val))
+        elif sh_type == _SHT_VERNEED:
+            versions += _verneed(data, order, offset, info, strtab)
+    return tuple(needed), tuple(sorted(set(versions)))
+
+
+def _verneed(data: bytes, order: str, pos: int, count: int, strtab: int) -> list[str]:
+    found = []
+    for _ in range(count):
+        _, cnt, _, aux, nxt = struct.unpack_from(order + "HHIII", data, pos)
+        apos = pos + aux
+        for _ in range(cnt):
+            _, _, _, name, anext = struct.unpack_from(order + "IHHII", data, apos)
+            found.append(_cstr(data, strtab + name))
+            apos += anext
+        pos += nxt
+    return found
+
+
+def _cstr(data: bytes, start: int) -> str:
+    return data[start:data.index(b"\0", start)].decode("ascii", "replace")
+
+
+def version_key(text: str) -> tuple[int, ...]:
+    """"2.34" -> (2, 34), for comparing versions as numbers."""
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def glibc_needed(path: Path) -> str | None:
+    """The newest glibc version a library needs ("2.34"), None when it needs none or is not ELF."""
+    found = [v[len("GLIBC_"):] for v in requirements(path)[1] if v.startswith("GLIBC_") and v[6:7].isdigit()]
+    return max(found, key=version_key, default=None)

@@ -1,8 +1,8 @@
 """Which native library serves a tensor, and the launch arguments that go with it.
 
 This module owns the mapping tensor -> (library, stream, thread count) used by kbit.functional, kbit.optim
-and kbit.nn. CPU tensors always go to libkbit_cpu; CUDA tensors go to the CUDA variant the runtime selects.
-It does not gather facts or choose variants itself.
+and kbit.nn. CPU tensors always go to libkbit_cpu; CUDA tensors go to the CUDA variant kbit._runtime selects (which also
+checks that the tensor's GPU is covered). It does not gather facts or choose variants itself.
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ def library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
     if t.device.type == "cpu":
         return _native.cpu()
     if t.device.type == "cuda":
-        bundled = ", ".join(sorted(_native.bundled_manifests())) or "none"
-        raise _errors.BackendUnavailableError(
-            f"{name} is on {t.device}, but this kbit installation serves only CPU tensors: its package folder "
-            f"{_native.package_dir()} bundles the variants: {bundled}. fix: move the tensor with {name}.cpu(), or "
-            f"build a CUDA variant (nox -s build-cuda130) and install a wheel that bundles it")
+        from kbit import _runtime  # imported at the first CUDA tensor: CPU-only work never pays for it
+
+        index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        return _runtime.cuda_library(index, name)
     raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors. "
                                  f"fix: move it with {name}.cpu()")
 

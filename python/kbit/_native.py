@@ -2,20 +2,20 @@
 
 This module owns: where a library file is (inside the installed package, by importlib.resources, never by
 LD_LIBRARY_PATH or the working directory), loading it once (lazily, under a lock), the ABI handshake,
-declaring the prototypes of kbit._abi, and turning a failure status into a typed error. It does not decide
-which CUDA variant suits the machine.
+declaring the prototypes of kbit._abi, checking that a library is the one its build manifest describes, and
+turning a failure status into a typed error. OS differences (file names, DLL folders) are kbit._platform's.
+It does not decide which CUDA variant suits the machine (kbit._policy, kbit._runtime do).
 """
 from __future__ import annotations
 
 import ctypes
 import importlib.resources
 import json
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbit import _abi, _binfile, _errors
+from kbit import _abi, _binfile, _errors, _platform
 
 ABI_VERSION = _abi.ABI_VERSION
 _PACKAGE = "kbit"
@@ -26,13 +26,14 @@ _STATUS_ERRORS = _abi.STATUS_ERRORS
 def library_filename(variant: str) -> str:
     """The file name of a variant's library: the one place the runtime computes it (the build: ci/matrix.py
     library_filename, CMake: kbit_output_name; tests/test_abi.py checks they agree)."""
-    stem = f"kbit_{variant}"
-    return f"{stem}.dll" if sys.platform == "win32" else f"lib{stem}.so"
+    return _platform.current().shared_library_name(f"kbit_{variant}")
 
 
 def package_dir() -> str:
     """Where the installed kbit package is, for messages (an editable install may span two folders)."""
-    return str(importlib.resources.files(_PACKAGE))
+    root = importlib.resources.files(_PACKAGE)
+    folders = getattr(root, "_paths", None)  # an editable install's MultiplexedPath spans several folders
+    return " + ".join(str(f) for f in folders) if folders else str(root)
 
 
 def _package_entries() -> list[str]:
@@ -55,13 +56,25 @@ def library_path(variant: str) -> Path:
     return resource.resolve()
 
 
+def expected_library_path(variant: str) -> Path | None:
+    """Where a variant's library must be inside the package (whether or not it is there); None when the
+    package is not plain files on disk."""
+    resource = importlib.resources.files(_PACKAGE).joinpath(library_filename(variant))
+    return Path(resource).resolve() if isinstance(resource, Path) else None
+
+
 def bundled_manifests() -> dict[str, dict]:
     """Build manifests (`kbit_<variant>.build.json`, written by CMake from what was built) by variant."""
     found = {}
     for entry in importlib.resources.files(_PACKAGE).iterdir():
         if entry.name.startswith("kbit_") and entry.name.endswith(".build.json"):
-            info = json.loads(entry.read_text(encoding="utf-8"))
-            found[info["variant"]] = info
+            try:
+                info = json.loads(entry.read_text(encoding="utf-8"))
+                found[info["variant"]] = info
+            except (ValueError, KeyError, TypeError) as exc:
+                raise _errors.LibraryLoadError(
+                    f"the build manifest {entry} is damaged ({exc}). fix: reinstall kbit "
+                    f"(pip install --force-reinstall kbit)") from None
     return found
 
 
@@ -93,19 +106,22 @@ def _declare(handle: ctypes.CDLL, path: Path) -> None:
         fn.restype, fn.argtypes = restype, argtypes
 
 
-def load_library(path: Path) -> NativeLibrary:
-    """Load one library by absolute path, check its ABI version, and declare its prototypes."""
-    problem = _binfile.problem_with(path)
+def load_library(path: Path, manifest: dict | None = None) -> NativeLibrary:
+    """Load one library by absolute path, check its ABI version, declare its prototypes, and (given its build
+    manifest) check that the library says the same about itself."""
+    if not path.is_absolute():
+        raise _errors.LibraryLoadError(f"refusing to load {path}: kbit loads its libraries by absolute path only")
+    platform = _platform.current()
+    problem = platform.file_problem(path)
     if problem:
         raise _errors.LibraryLoadError(
             f"{path} cannot be loaded: {problem}. fix: reinstall kbit (pip install --force-reinstall kbit); "
             f"an interrupted download or install leaves such files")
+    platform.prepare_load(path.parent)
     try:
-        handle = ctypes.CDLL(str(path))
+        handle = platform.load(path)
     except OSError as exc:
-        raise _errors.LibraryLoadError(
-            f"the system loader refused {path}: {exc}. fix: reinstall kbit (pip install --force-reinstall kbit) "
-            f"from a wheel for this platform") from exc
+        raise _load_refused(path, exc) from exc
     _declare(handle, path)
     found = handle.kbit_abi_version()
     if found != ABI_VERSION:
@@ -113,7 +129,27 @@ def load_library(path: Path) -> NativeLibrary:
             f"{path} speaks kbit ABI {found}, but the kbit Python package loaded in this process speaks ABI "
             f"{ABI_VERSION}. fix: if kbit was upgraded inside a running notebook or process, restart it; "
             f"otherwise reinstall kbit so that its Python files and libraries come from one version")
-    return NativeLibrary(path, handle, json.loads(handle.kbit_build_info().decode("utf-8")))
+    info = json.loads(handle.kbit_build_info().decode("utf-8"))
+    if manifest is not None and info != manifest:
+        raise _errors.LibraryLoadError(
+            f"{path} describes itself as {info}, but its manifest kbit_{manifest.get('variant')}.build.json says "
+            f"{manifest}: the library and the manifest come from different builds. fix: reinstall kbit "
+            f"(pip install --force-reinstall kbit) so that both come from one wheel")
+    return NativeLibrary(path, handle, info)
+
+
+def _load_refused(path: Path, exc: OSError) -> _errors.LibraryLoadError:
+    """The loader's refusal, classified by what the file asks for (never by the loader's text)."""
+    need = _binfile.glibc_needed(path)
+    have = _platform.current().libc_version()
+    if need and have and _binfile.version_key(need) > _binfile.version_key(have):
+        return _errors.GlibcTooOldError(
+            f"the system loader refused {path}: {exc}. It needs glibc {need}, this system has glibc {have}. "
+            f"fix: use a newer Linux distribution (or a container with glibc >= {need}), or build kbit from "
+            f"source on this system (pip install --no-binary kbit kbit)")
+    return _errors.LibraryLoadError(
+        f"the system loader refused {path}: {exc}. fix: reinstall kbit (pip install --force-reinstall kbit) "
+        f"from a wheel for this platform{_platform.current().load_fix()}")
 
 
 _lock = threading.Lock()
@@ -121,15 +157,21 @@ _loaded: dict[str, NativeLibrary] = {}
 
 
 def library(variant: str) -> NativeLibrary:
-    """The loaded library of `variant`, loading it on first use (once, even when threads race)."""
+    """The loaded library of `variant`, loading it on first use (once, even when threads race). A library
+    that fails to load is not remembered: the next call tries again and raises the same typed error."""
     lib = _loaded.get(variant)
     if lib is None:
         with _lock:
             lib = _loaded.get(variant)
             if lib is None:
-                lib = load_library(library_path(variant))
+                lib = load_library(library_path(variant), bundled_manifests().get(variant))
                 _loaded[variant] = lib
     return lib
+
+
+def loaded() -> dict[str, NativeLibrary]:
+    """The libraries loaded so far, by variant (for diagnostics)."""
+    return dict(_loaded)
 
 
 def cpu() -> NativeLibrary:
