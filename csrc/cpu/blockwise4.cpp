@@ -35,17 +35,16 @@ constexpr int64_t kStreamingBytes = int64_t{16} << 20;  // outputs above this by
 
 const float* table_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4Table : kNf4Table; }
 
-bool use_avx2() {
 #if KBIT_X86_DISPATCH
+/* Whether the AVX2 copies run: the CPU (and OS) support AVX2 and KBIT_CPU_BASELINE is not "1". Read once. */
+bool use_avx2() {
   static const bool avx2 = [] {
     const char* forced = getenv("KBIT_CPU_BASELINE");
     return __builtin_cpu_supports("avx2") && !(forced != nullptr && forced[0] == '1');
   }();
   return avx2;
-#else
-  return false;
-#endif
 }
+#endif
 
 // ------------------------------------------------------------------------------------------ quantize
 
@@ -224,6 +223,7 @@ void dequantize_all(const uint8_t* packed, const float* absmax, T* out, int64_t 
   // blocks start at multiples of 32 elements, so an aligned output keeps every block's start aligned
   const bool streaming = KBIT_X86_DISPATCH && n * static_cast<int64_t>(sizeof(T)) >= kStreamingBytes &&
                          reinterpret_cast<uintptr_t>(out) % 32 == 0;
+  (void)streaming;  // only the x86 paths stream
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
