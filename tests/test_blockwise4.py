@@ -346,37 +346,50 @@ def test_results_do_not_depend_on_the_thread_count():
     assert all(torch.equal(x, y) for x, y in zip(one, two))
 
 
-_PATHS_SCRIPT = """
+def _path_results(sizes: list[int]) -> list[torch.Tensor]:
+    """Quantize/dequantize results covering every CPU code path (the caller picks the instruction set)."""
+    g = torch.Generator().manual_seed(21)
+    results = []
+    for n in sizes:
+        A = torch.randn(n, generator=g) * 3
+        for qt in ("nf4", "fp4"):
+            p, s = F.quantize_4bit(A, blocksize=64, quant_type=qt)
+            results += [p, s.absmax] + [F.dequantize_4bit(p, F.QuantState(s.absmax, s.shape, s.code, 64, qt, dt))
+                                        for dt in DTYPES]
+            h, hs = F.quantize_4bit(A[:4097].to(torch.bfloat16), blocksize=32, quant_type=qt)
+            results += [h, hs.absmax]
+    return results
+
+
+_BASELINE_SCRIPT = """
 import sys, torch
-import kbit.functional as F
-g = torch.Generator().manual_seed(21)
-results = []
-for n in (1000, (1 << 23) + 33):  # the second writes more than 16 MiB: the non-temporal store paths
-    A = torch.randn(n, generator=g) * 3
-    for qt in ("nf4", "fp4"):
-        p, s = F.quantize_4bit(A, blocksize=64, quant_type=qt)
-        results += [p, s.absmax] + [F.dequantize_4bit(p, F.QuantState(s.absmax, s.shape, s.code, 64, qt, dt))
-                                    for dt in (torch.float32, torch.float16, torch.bfloat16)]
-        h, hs = F.quantize_4bit(A[:4097].to(torch.bfloat16), blocksize=32, quant_type=qt)
-        results += [h, hs.absmax]
-torch.save(results, sys.argv[1])
+sys.path.insert(0, sys.argv[1])
+from test_blockwise4 import _path_results
+torch.save(_path_results([int(n) for n in sys.argv[3:]]), sys.argv[2])
 """
 
 
-@pytest.mark.slow
-def test_avx2_and_baseline_code_paths_write_identical_bits(tmp_path):
+def _assert_paths_agree(tmp_path, sizes: list[int]) -> None:
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if " avx2" not in flags:
-        pytest.skip("this CPU has no AVX2: only the baseline path exists here")
-    outputs = []
-    for name, baseline in (("avx2", "0"), ("baseline", "1")):
-        path = tmp_path / f"{name}.pt"
-        env = dict(os.environ, KBIT_CPU_BASELINE=baseline)
-        subprocess.run([sys.executable, "-c", _PATHS_SCRIPT, str(path)], check=True, env=env)
-        outputs.append(torch.load(path))
-    assert len(outputs[0]) == len(outputs[1]) == 28
-    for i, (x, y) in enumerate(zip(*outputs)):
+    if " avx2" not in flags or os.environ.get("KBIT_CPU_BASELINE") == "1":
+        pytest.skip("only the baseline path runs here (no AVX2, or KBIT_CPU_BASELINE=1)")
+    path = tmp_path / "baseline.pt"
+    env = dict(os.environ, KBIT_CPU_BASELINE="1")
+    args = [sys.executable, "-c", _BASELINE_SCRIPT, os.path.dirname(__file__), str(path), *map(str, sizes)]
+    subprocess.run(args, check=True, env=env)
+    avx2, baseline = _path_results(sizes), torch.load(path)
+    assert len(avx2) == len(baseline) == 14 * len(sizes)
+    for i, (x, y) in enumerate(zip(avx2, baseline)):
         assert torch.equal(x.view(torch.uint8), y.view(torch.uint8)), f"result {i} differs"
+
+
+def test_avx2_and_baseline_code_paths_write_identical_bits(tmp_path):
+    _assert_paths_agree(tmp_path, [1000, 4096 * 3 + 77])
+
+
+@pytest.mark.slow
+def test_avx2_and_baseline_streaming_paths_write_identical_bits(tmp_path):
+    _assert_paths_agree(tmp_path, [(1 << 23) + 33])  # outputs above 16 MiB: the non-temporal store paths
 
 
 # ------------------------------------------------------------------------------------ QuantState dict form
