@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/args.h"
+#include "cpu/simd4.h"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
 
@@ -14,25 +15,44 @@ namespace {
 const float kNf4Table[16] = KBIT_NF4_VALUES;
 const float kFp4Table[16] = KBIT_FP4_VALUES;
 
-/* Weight row j (elements j*K .. j*K+K-1 of the flat quantized tensor) as float32; blocks may span rows and a
- * row may start at an odd nibble, so the code is found per element (a block's 16 values are looked up). */
+/* Codes [k, stop) of a row segment inside one block (flat index of k: first + k) decoded through the block's
+ * 16 values: a leading odd nibble alone, then whole bytes (AVX2 lookup when available), then a trailing nibble. */
+void decode_segment(const uint8_t* packed, int64_t first, int64_t k, int64_t stop, const float* scaled, float* w) {
+  if (k < stop && ((first + k) & 1)) {
+    w[k] = scaled[packed[(first + k) >> 1] & 15u];
+    ++k;
+  }
+  const uint8_t* src = packed + ((first + k) >> 1);
+  const int64_t pairs = (stop - k) / 2;
+  int64_t j = 0;
+#if KBIT_X86_DISPATCH
+  if (use_avx2()) j = lookup_pairs_avx2<false>(src, w + k, pairs, scaled);
+#endif
+  for (; j < pairs; ++j) {
+    w[k + 2 * j] = scaled[src[j] >> 4];
+    w[k + 2 * j + 1] = scaled[src[j] & 15u];
+  }
+  if ((stop - k) & 1) w[stop - 1] = scaled[src[pairs] >> 4];
+}
+
+/* Weight row `row` (elements row*K .. row*K+K-1 of the flat quantized tensor) as float32. Blocks may span rows
+ * and a row may start at an odd nibble (odd K), so the row is cut at block boundaries. */
 void decode_row(const uint8_t* packed, const float* absmax, int64_t row, int64_t K, int32_t bs, const float* table,
                 float* w) {
   const int64_t first = row * K;
-  int64_t k = 0;
-  while (k < K) {
-    const int64_t i = first + k;
-    const int64_t block = i / bs;
+  for (int64_t k = 0; k < K;) {
+    const int64_t block = (first + k) / bs;
     const int64_t end_in_row = (block + 1) * bs - first;  // the block's end, relative to the row
     const int64_t stop = end_in_row < K ? end_in_row : K;
     float scaled[16];
     for (uint32_t c = 0; c < 16; ++c) scaled[c] = dequantize_4bit_value(c, absmax[block], table);
-    for (; k < stop; ++k) w[k] = scaled[nibble_at(packed, first + k)];
+    decode_segment(packed, first, k, stop, scaled, w);
+    k = stop;
   }
 }
 
 /* The lane-ordered dot product of blockwise4.h: lane l sums k = l, l + 32, ...; then the pairwise lane tree. */
-float dot_lanes(const float* __restrict a, const float* __restrict w, int64_t K) {
+KBIT_ALWAYS_INLINE float dot_lanes_body(const float* __restrict a, const float* __restrict w, int64_t K) {
   float acc[kGemvLanes] = {};
   int64_t k = 0;
   for (; k + kGemvLanes <= K; k += kGemvLanes)
@@ -41,6 +61,22 @@ float dot_lanes(const float* __restrict a, const float* __restrict w, int64_t K)
   for (int offset = kGemvLanes / 2; offset >= 1; offset >>= 1)
     for (int l = 0; l < offset; ++l) acc[l] = acc[l] + acc[l + offset];
   return acc[0];
+}
+
+float dot_lanes_base(const float* a, const float* w, int64_t K) { return dot_lanes_body(a, w, K); }
+
+#if KBIT_X86_DISPATCH
+/* The same per-lane operations in 256-bit registers: identical bits. */
+KBIT_TARGET_AVX2 float dot_lanes_avx2(const float* a, const float* w, int64_t K) { return dot_lanes_body(a, w, K); }
+#endif
+
+using DotFn = float (*)(const float*, const float*, int64_t);
+
+DotFn dot_lanes() {
+#if KBIT_X86_DISPATCH
+  if (use_avx2()) return &dot_lanes_avx2;
+#endif
+  return &dot_lanes_base;
 }
 
 /* A as float32 rows (widening is exact, so converting once changes no result). */
@@ -58,6 +94,7 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
           int64_t K, int32_t bs, const float* table, int32_t threads) {
   std::vector<float> a_buffer;
   const float* a = widen(A, M * K, a_buffer);
+  const DotFn dot = dot_lanes();
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> w(static_cast<size_t>(K > 0 ? K : 1));
@@ -66,7 +103,7 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
       decode_row(packed, absmax, j, K, bs, table, w.data());
       const float b = bias != nullptr ? to_float(bias[j]) : 0.0f;
       for (int64_t m = 0; m < M; ++m)
-        out[m * N + j] = from_float<T>(gemv_finish(dot_lanes(a + m * K, w.data(), K), bias != nullptr, b));
+        out[m * N + j] = from_float<T>(gemv_finish(dot(a + m * K, w.data(), K), bias != nullptr, b));
     }
   }
 }
