@@ -438,6 +438,17 @@ def test_a_bitsandbytes_style_dict_loads():
     assert torch.equal(F.dequantize_4bit(packed, state), F.dequantize_4bit(packed, ours))
 
 
+def test_a_nested_state_with_another_map_is_refused():
+    _, state = F.quantize_4bit(torch.randn(300), blocksize=32, compress_statistics=True)
+    d = state.as_dict(packed=True)
+    d["nested_quant_map"] = F.create_dynamic_map(False)
+    with pytest.raises(kbit.KbitValueError, match="nested_quant_map is not the signed dynamic map"):
+        F.QuantState.from_dict(d)
+    d.pop("nested_quant_map")
+    with pytest.raises(kbit.KbitValueError, match="double-quantization items are incomplete"):
+        F.QuantState.from_dict(d)
+
+
 @pytest.mark.parametrize("mutate,match", [
     (lambda d: d.pop("quant_state.bitsandbytes__nf4"), "no 4-bit quant state"),
     (lambda d: d.update({"quant_state.bitsandbytes__int4": d.pop("quant_state.bitsandbytes__nf4")}), "ending in one of"),

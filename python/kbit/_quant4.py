@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from kbit import _dispatch, _errors
-from kbit.functional import (_DTYPES, BlockwiseQuantState, _check_float_dtype, _check_tensor, dequantize_blockwise,
-                             quantize_blockwise)
+from kbit.functional import (_DTYPES, BlockwiseQuantState, _check_float_dtype, _check_tensor, _map,
+                             dequantize_blockwise, quantize_blockwise)
 
 QUANT_TYPES = {"nf4": 0, "fp4": 1}
 BLOCKSIZES_4BIT = tuple(2 ** k for k in range(5, 13))  # 32 .. 4096
@@ -204,9 +204,13 @@ def _nested_from_items(items: dict[str, Any], device) -> tuple[torch.Tensor | No
     if _dtype_from_name(items["nested_dtype"]) != torch.float32:
         raise _errors.KbitValueError(f"nested_dtype is {items['nested_dtype']!r}; the absmax is float32")
     codes = _tensor_item(items, "absmax")
+    nested_map = _tensor_item(items, "nested_quant_map")
+    if nested_map.numel() != 256 or not torch.equal(nested_map.detach().float().cpu(), _map(True)):
+        raise _errors.KbitValueError("nested_quant_map is not the signed dynamic map; kbit double-quantizes absmax "
+                                     "with that map only")
     offset = torch.tensor(float(items["nested_offset"]), dtype=torch.float32, device=device)
     state2 = BlockwiseQuantState(absmax=_tensor_item(items, "nested_absmax").to(device),
-                                 code=_tensor_item(items, "nested_quant_map").to(device),
+                                 code=nested_map.to(device),
                                  blocksize=int(items["nested_blocksize"]), dtype=torch.float32,
                                  shape=torch.Size([codes.numel()]))
     return offset, state2
