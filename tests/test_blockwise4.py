@@ -451,7 +451,8 @@ def test_a_nested_state_with_another_map_is_refused():
 
 @pytest.mark.parametrize("mutate,match", [
     (lambda d: d.pop("quant_state.bitsandbytes__nf4"), "no 4-bit quant state"),
-    (lambda d: d.update({"quant_state.bitsandbytes__int4": d.pop("quant_state.bitsandbytes__nf4")}), "ending in one of"),
+    (lambda d: d.update({"quant_state.bitsandbytes__int4": d.pop("quant_state.bitsandbytes__nf4")}),
+     "ending in one of"),
     (lambda d: d.update({"quant_map": F.get_4bit_type("fp4")}), "not the nf4 map"),
     (lambda d: d.update({"bogus": torch.zeros(1)}), "unknown quant state items"),
     (lambda d: d.pop("absmax"), "lacks absmax"),

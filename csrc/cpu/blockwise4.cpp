@@ -138,7 +138,8 @@ int64_t stream_pairs(const uint8_t* src, H* dst, int64_t pairs, const H* s) {
 template <class T>
 int64_t fast_pairs(const uint8_t* src, T* dst, int64_t pairs, const T* scaled, bool streaming) {
   if (use_avx2()) {
-    return streaming ? lookup_pairs_avx2<true>(src, dst, pairs, scaled) : lookup_pairs_avx2<false>(src, dst, pairs, scaled);
+    return streaming ? lookup_pairs_avx2<true>(src, dst, pairs, scaled)
+                     : lookup_pairs_avx2<false>(src, dst, pairs, scaled);
   }
   return streaming ? stream_pairs(src, dst, pairs, scaled) : 0;
 }

@@ -81,8 +81,8 @@ template <class T>
 int launch_quantize4(int32_t quant_type, const void* A, float* absmax, uint8_t* out, int64_t n, int32_t bs,
                      cudaStream_t stream) {
   const int64_t blocks = block_count(n, bs);
-  KBIT_CHECK(blocks <= 0x7fffffff, KBIT_ERR_INVALID_ARGUMENT, "%lld blocks exceed the grid limit; use a larger blocksize",
-             static_cast<long long>(blocks));
+  KBIT_CHECK(blocks <= 0x7fffffff, KBIT_ERR_INVALID_ARGUMENT,
+             "%lld blocks exceed the grid limit; use a larger blocksize", static_cast<long long>(blocks));
   const int pairs = bs / 2;
   const int threads = pairs < 32 ? 32 : (pairs > kMaxThreads ? kMaxThreads : pairs);
   const T* in = static_cast<const T*>(A);

@@ -78,10 +78,11 @@ KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, co
     if (int s = kbit::check_gemv_pointers(A, packed, absmax, bias, out, in_features)) return s;
     auto st = static_cast<cudaStream_t>(stream);
     const int64_t M = rows, N = out_features, K = in_features;
+    const int32_t qt = quant_type, bs = blocksize;
     switch (dtype) {
-      case KBIT_F32: return kbit::launch_gemv4<float>(quant_type, A, packed, absmax, bias, out, M, N, K, blocksize, st);
-      case KBIT_F16: return kbit::launch_gemv4<kbit::f16>(quant_type, A, packed, absmax, bias, out, M, N, K, blocksize, st);
-      default: return kbit::launch_gemv4<kbit::bf16>(quant_type, A, packed, absmax, bias, out, M, N, K, blocksize, st);
+      case KBIT_F32: return kbit::launch_gemv4<float>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
+      case KBIT_F16: return kbit::launch_gemv4<kbit::f16>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
+      default: return kbit::launch_gemv4<kbit::bf16>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
     }
   });
 }

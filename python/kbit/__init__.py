@@ -9,6 +9,7 @@ from kbit._errors import (AbiMismatchError, BackendUnavailableError, CudaError, 
                           NoDriverError, NoKernelImageError)
 
 
-__all__ = ["functional", "nn", "__version__", "KbitError", "KbitValueError", "BackendUnavailableError", "LibraryLoadError",
+__all__ = ["functional", "nn", "__version__", "KbitError", "KbitValueError", "BackendUnavailableError",
+           "LibraryLoadError",
            "AbiMismatchError", "NativeError", "NativeArgumentError", "NoDriverError", "NoDeviceError",
            "NoKernelImageError", "CudaError", "InternalError"]

@@ -77,7 +77,8 @@ class QuantState:
         return self.state2 is not None
 
     def __repr__(self) -> str:
-        return (f"QuantState(quant_type={self.quant_type!r}, blocksize={self.blocksize}, shape={tuple(self.shape or ())}, "
+        return (f"QuantState(quant_type={self.quant_type!r}, blocksize={self.blocksize}, "
+                f"shape={tuple(self.shape or ())}, "
                 f"dtype={self.dtype}, nested={self.nested}, device={self.absmax.device})")
 
     def as_dict(self, packed: bool = False) -> dict[str, Any]:
