@@ -12,7 +12,9 @@
  *  - NF4: the code is the exact nearest table value to the normalised x; on an exact midpoint the lower code
  *    wins (bitsandbytes' NF4 decision tree tests `x > midpoint`). Implemented as the number of thresholds x
  *    lies above, where each threshold is the largest float32 not above the exact (float64) midpoint, so
- *    `x > t` is exactly `x > midpoint` for every float32 x.
+ *    `x > t` is exactly `x > midpoint` for every float32 x. (bitsandbytes' tree compares with the midpoints
+ *    rounded to nearest float32; for the 6 midpoints where that rounds up, the single float equal to the rounded
+ *    midpoint gets the farther, lower code there and the nearest code here.)
  *  - FP4: bit 3 is the sign, set when x < 0 (so -0.0 gets +0's code 0b0000, and a negative x too small for
  *    any non-zero magnitude gets 0b1000, "negative zero", as in bitsandbytes' dQuantizeFP4). The magnitude bits
  *    are the exact nearest magnitude to |x| with ties to the smaller magnitude (bitsandbytes compares |x| with
