@@ -44,14 +44,15 @@ KBIT_ALWAYS_INLINE void quantize_block_body(const T* __restrict in, float* absma
     return;
   }
   const float inv = inverse_absmax(absmax);
+  // codes first, in 32-bit lanes over contiguous elements (the compare chain vectorizes best so), then paired
+  alignas(32) uint32_t codes[4096];
   if (inv > kFloatMax) {  // subnormal absmax: 1 / absmax overflows, divide (normalize() in blockwise8.h)
-    for (int64_t j = 0; j < pairs; ++j)
-      out[j] = pack_4bit(code_4bit<Q>(to_float(in[2 * j]) / absmax), code_4bit<Q>(to_float(in[2 * j + 1]) / absmax));
+    for (int64_t i = 0; i < len; ++i) codes[i] = code_4bit<Q>(to_float(in[i]) / absmax);
   } else {
-    for (int64_t j = 0; j < pairs; ++j)
-      out[j] = pack_4bit(code_4bit<Q>(to_float(in[2 * j]) * inv), code_4bit<Q>(to_float(in[2 * j + 1]) * inv));
+    for (int64_t i = 0; i < len; ++i) codes[i] = code_4bit<Q>(to_float(in[i]) * inv);
   }
-  if (len & 1) out[pairs] = pack_4bit(code_4bit<Q>(normalize(to_float(in[len - 1]), absmax, inv)), zero_code_4bit(Q));
+  for (int64_t j = 0; j < pairs; ++j) out[j] = pack_4bit(codes[2 * j], codes[2 * j + 1]);
+  if (len & 1) out[pairs] = pack_4bit(codes[len - 1], zero_code_4bit(Q));
 }
 
 template <int32_t Q, class T>

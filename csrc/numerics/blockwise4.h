@@ -38,6 +38,7 @@
 
 #include <stdint.h>
 
+#include "kbit.h" /* KBIT_NF4, KBIT_FP4 */
 #include "numerics/blockwise8.h"
 #include "numerics/float16.h"
 #include "numerics/host_device.h"
@@ -70,16 +71,28 @@ KBIT_HD float absmax_from_bits(uint32_t bits) {
   return bits > 0x7f800000u ? bits_float(kCanonicalNaNBits) : bits_float(bits);
 }
 
+/* -1 when x > t, else 0: a compare mask, summed with subtraction (vectorizers keep it in the compare's lanes). */
+KBIT_HD int32_t above_mask(float x, float t) { return -static_cast<int32_t>(x > t); }
+
 /* NF4: the number of exact midpoints x lies above (15 branch-free compares). Ties go to the lower code. */
 KBIT_HD uint32_t nf4_code(float x) {
-  return static_cast<uint32_t>(x > -0x1.b239b2p-1f) + static_cast<uint32_t>(x > -0x1.38a4e2p-1f) +
-         static_cast<uint32_t>(x > -0x1.d709p-2f) + static_cast<uint32_t>(x > -0x1.5bd4eep-2f) +
-         static_cast<uint32_t>(x > -0x1.e079dap-3f) + static_cast<uint32_t>(x > -0x1.1a7178p-3f) +
-         static_cast<uint32_t>(x > -0x1.74f0e2p-5f) + static_cast<uint32_t>(x > 0x1.45f5fep-5f) +
-         static_cast<uint32_t>(x > 0x1.ec90c4p-4f) + static_cast<uint32_t>(x > 0x1.a0cfcp-3f) +
-         static_cast<uint32_t>(x > 0x1.2b05a8p-2f) + static_cast<uint32_t>(x > 0x1.8ea7f2p-2f) +
-         static_cast<uint32_t>(x > 0x1.00da06p-1f) + static_cast<uint32_t>(x > 0x1.491b5ep-1f) +
-         static_cast<uint32_t>(x > 0x1.b913b2p-1f);
+  int32_t c = 0;
+  c -= above_mask(x, -0x1.b239b2p-1f);
+  c -= above_mask(x, -0x1.38a4e2p-1f);
+  c -= above_mask(x, -0x1.d709p-2f);
+  c -= above_mask(x, -0x1.5bd4eep-2f);
+  c -= above_mask(x, -0x1.e079dap-3f);
+  c -= above_mask(x, -0x1.1a7178p-3f);
+  c -= above_mask(x, -0x1.74f0e2p-5f);
+  c -= above_mask(x, 0x1.45f5fep-5f);
+  c -= above_mask(x, 0x1.ec90c4p-4f);
+  c -= above_mask(x, 0x1.a0cfcp-3f);
+  c -= above_mask(x, 0x1.2b05a8p-2f);
+  c -= above_mask(x, 0x1.8ea7f2p-2f);
+  c -= above_mask(x, 0x1.00da06p-1f);
+  c -= above_mask(x, 0x1.491b5ep-1f);
+  c -= above_mask(x, 0x1.b913b2p-1f);
+  return static_cast<uint32_t>(c);
 }
 
 /* FP4: sign bit from x < 0; magnitude rank r = number of exact magnitude midpoints |x| lies above (ties to the
@@ -87,11 +100,16 @@ KBIT_HD uint32_t nf4_code(float x) {
  * r ^ ((r & 2) << 1). */
 KBIT_HD uint32_t fp4_code(float x) {
   const float a = x < 0.0f ? -x : x;
-  const uint32_t r = static_cast<uint32_t>(a > 0x1.555556p-9f) + static_cast<uint32_t>(a > 0x1.6p-4f) +
-                     static_cast<uint32_t>(a > 0x1.aaaaaap-3f) + static_cast<uint32_t>(a > 0x1.2aaaaap-2f) +
-                     static_cast<uint32_t>(a > 0x1.aaaaaap-2f) + static_cast<uint32_t>(a > 0x1.2aaaaap-1f) +
-                     static_cast<uint32_t>(a > 0x1.aaaaaap-1f);
-  return (r ^ ((r & 2u) << 1)) | (x < 0.0f ? 8u : 0u);
+  int32_t r = 0;
+  r -= above_mask(a, 0x1.555556p-9f);
+  r -= above_mask(a, 0x1.6p-4f);
+  r -= above_mask(a, 0x1.aaaaaap-3f);
+  r -= above_mask(a, 0x1.2aaaaap-2f);
+  r -= above_mask(a, 0x1.aaaaaap-2f);
+  r -= above_mask(a, 0x1.2aaaaap-1f);
+  r -= above_mask(a, 0x1.aaaaaap-1f);
+  const uint32_t rank = static_cast<uint32_t>(r);
+  return (rank ^ ((rank & 2u) << 1)) | (x < 0.0f ? 8u : 0u);
 }
 
 template <int32_t QuantType>
