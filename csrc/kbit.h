@@ -71,6 +71,32 @@ KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* a
 KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes, const float* absmax, void* out,
                                             int64_t n, int32_t blocksize, void* stream, int32_t num_threads);
 
+/* ---- 4-bit blockwise quantization and the 4-bit matrix-vector product (csrc/numerics/blockwise4.h) ----
+ * quant_type: KBIT_NF4 or KBIT_FP4. blocksize: a power of two in 32..4096. dtype as above; packed holds
+ * ceil(n / 2) bytes, element 2j in the high nibble of byte j (an odd n pads the last low nibble with the code
+ * of 0.0); absmax holds ceil(n / blocksize) float32 values. */
+typedef enum kbit_quant4 { KBIT_NF4 = 0, KBIT_FP4 = 1 } kbit_quant4;
+
+/* absmax[b] = max |A| over block b (NaN if the block holds one, stored as 0x7fc00000); each element gets the
+ * code nearest to A[i] * (1 / absmax[b]) (exact; NF4 ties to the lower code, FP4 to the smaller magnitude).
+ * A block whose absmax is not finite stores the code of 0.0 everywhere. */
+KBIT_API int kbit_quantize_4bit(int32_t dtype, int32_t quant_type, const void* A, float* absmax, uint8_t* packed,
+                                int64_t n, int32_t blocksize, void* stream, int32_t num_threads);
+
+/* out[i] = table[code(i)] * absmax[i / blocksize] in float32, rounded to dtype; a block with a non-finite absmax
+ * dequantizes to NaN. */
+KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8_t* packed, const float* absmax,
+                                  void* out, int64_t n, int32_t blocksize, void* stream, int32_t num_threads);
+
+/* out[m, j] = sum_k A[m, k] * W[j, k] (+ bias[j]) for A (rows x in_features, dtype, row-major), W
+ * (out_features x in_features) quantized as one flat tensor in row-major order
+ * (packed, absmax, blocksize, quant_type as above; blocks may span rows), bias (out_features, dtype, or NULL),
+ * out (rows x out_features, dtype). Products and sums in float32 in the order documented in blockwise4.h
+ * (32 lanes over k, then a pairwise lane tree), so the result does not depend on num_threads. */
+KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, const uint8_t* packed,
+                            const float* absmax, const void* bias, void* out, int64_t rows, int64_t out_features,
+                            int64_t in_features, int32_t blocksize, void* stream, int32_t num_threads);
+
 #ifdef __cplusplus
 }
 #endif

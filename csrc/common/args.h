@@ -23,3 +23,54 @@ inline int check_blockwise_8bit(int32_t dtype, const void* in, const void* absma
 inline int64_t block_count(int64_t n, int32_t blocksize) { return (n + blocksize - 1) / blocksize; }
 
 }  // namespace kbit
+
+/* ---- 4-bit quantization and gemv (csrc/numerics/blockwise4.h) ---- */
+namespace kbit {
+
+inline bool is_blocksize_4bit(int32_t bs) { return bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0; }
+
+inline int check_4bit_format(int32_t dtype, int32_t quant_type, int32_t blocksize) {
+  KBIT_CHECK(dtype == KBIT_F32 || dtype == KBIT_F16 || dtype == KBIT_BF16, KBIT_ERR_INVALID_ARGUMENT,
+             "dtype %d is not 0 (float32), 1 (float16) or 2 (bfloat16)", dtype);
+  KBIT_CHECK(quant_type == KBIT_NF4 || quant_type == KBIT_FP4, KBIT_ERR_INVALID_ARGUMENT,
+             "quant_type %d is not 0 (nf4) or 1 (fp4)", quant_type);
+  KBIT_CHECK(is_blocksize_4bit(blocksize), KBIT_ERR_INVALID_ARGUMENT,
+             "blocksize %d is not a power of two in 32..4096", blocksize);
+  return KBIT_OK;
+}
+
+inline int check_blockwise_4bit(int32_t dtype, int32_t quant_type, const void* in, const void* absmax,
+                                const void* out, int64_t n, int32_t blocksize) {
+  if (int s = check_4bit_format(dtype, quant_type, blocksize)) return s;
+  KBIT_CHECK(n >= 0, KBIT_ERR_INVALID_ARGUMENT, "n = %lld is negative", static_cast<long long>(n));
+  KBIT_CHECK(n == 0 || (in != nullptr && absmax != nullptr && out != nullptr), KBIT_ERR_INVALID_ARGUMENT,
+             "a NULL pointer was passed with n = %lld", static_cast<long long>(n));
+  return KBIT_OK;
+}
+
+inline int check_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, const void* packed, const void* absmax,
+                           const void* out, int64_t rows, int64_t out_features, int64_t in_features,
+                           int32_t blocksize) {
+  if (int s = check_4bit_format(dtype, quant_type, blocksize)) return s;
+  KBIT_CHECK(rows >= 0 && out_features >= 0 && in_features >= 0, KBIT_ERR_INVALID_ARGUMENT,
+             "negative size: rows = %lld, out_features = %lld, in_features = %lld", static_cast<long long>(rows),
+             static_cast<long long>(out_features), static_cast<long long>(in_features));
+  KBIT_CHECK(in_features == 0 || out_features <= INT64_MAX / in_features, KBIT_ERR_INVALID_ARGUMENT,
+             "out_features * in_features overflows int64");
+  const bool weights = out_features * in_features > 0;
+  KBIT_CHECK(rows * out_features == 0 || out != nullptr, KBIT_ERR_INVALID_ARGUMENT, "out is NULL");
+  KBIT_CHECK(rows * out_features == 0 || !weights || (A != nullptr && packed != nullptr && absmax != nullptr),
+             KBIT_ERR_INVALID_ARGUMENT, "A, packed or absmax is NULL with a non-empty product");
+  return KBIT_OK;
+}
+
+/* The CPU library's launch arguments: no stream, and the thread count torch uses. */
+inline int check_host_launch(void* stream, int32_t threads) {
+  KBIT_CHECK(stream == nullptr, KBIT_ERR_INVALID_ARGUMENT,
+             "a stream was passed to the CPU library; CUDA tensors must go to a CUDA variant");
+  KBIT_CHECK(threads >= 1 && threads <= 4096, KBIT_ERR_INVALID_ARGUMENT,
+             "num_threads = %d; pass torch.get_num_threads() (1..4096)", threads);
+  return KBIT_OK;
+}
+
+}  // namespace kbit

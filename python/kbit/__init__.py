@@ -3,7 +3,7 @@
 Importing kbit loads no native library and asks no driver anything; the first native call does (see
 kbit._runtime). `python -m kbit` or `kbit.show_config()` shows what kbit sees, chose and why.
 """
-from kbit import functional
+from kbit import functional, nn
 from kbit._version import __version__
 from kbit._errors import (AbiMismatchError, ArchNotCoveredError, BackendUnavailableError, BadOverrideError,
                           CudaError, CudaVersionMismatchError, DriverNotFoundError, DriverTooOldError,
@@ -21,7 +21,7 @@ def show_config(*, json: bool = False, self_test: bool = True) -> int:
     return _diagnose.exit_code(report.findings)
 
 
-__all__ = ["functional", "show_config", "__version__", "KbitError", "KbitValueError", "KbitWarning",
+__all__ = ["functional", "nn", "show_config", "__version__", "KbitError", "KbitValueError", "KbitWarning",
            "BadOverrideError", "BackendUnavailableError", "VariantNotBundledError", "CudaVersionMismatchError",
            "ArchNotCoveredError", "DriverTooOldError", "DriverNotFoundError", "LibraryLoadError", "GlibcTooOldError",
            "AbiMismatchError", "StaleImportError", "SelfTestError", "NativeError", "NativeArgumentError",

@@ -23,6 +23,9 @@ PROTOTYPES: dict[str, tuple[type, tuple]] = {
     "kbit_code_map": (_c_int, (_i32, _f32p)),
     "kbit_quantize_blockwise_8bit": (_c_int, (_i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
     "kbit_dequantize_blockwise_8bit": (_c_int, (_i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
+    "kbit_quantize_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
+    "kbit_dequantize_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
+    "kbit_gemv_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _vp, _vp, _i64, _i64, _i64, _i32, _vp, _i32)),
 }
 
 STATUS_ERRORS = {

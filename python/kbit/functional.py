@@ -2,6 +2,8 @@
 
 This module owns argument checking and the mapping of tensors onto the C ABI. The numerics are native
 (csrc/numerics/), the library choice is kbit._native's. Formats are bitsandbytes' (see the docstrings).
+The 4-bit functions (quantize_4bit, dequantize_4bit, gemv_4bit, QuantState) live in kbit._quant4 and are
+re-exported here.
 """
 from __future__ import annotations
 
@@ -139,3 +141,11 @@ def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out
     lib.call("kbit_dequantize_blockwise_8bit", _DTYPES[state.dtype], _dispatch.ptr(src), _dispatch.ptr(absmax),
              _dispatch.ptr(out), src.numel(), state.blocksize, _dispatch.stream_for(codes), _dispatch.threads())
     return out
+
+
+# ---------------------------------------------------------------------------------------- 4-bit (kbit._quant4)
+
+from kbit._quant4 import QuantState, dequantize_4bit, gemv_4bit, get_4bit_type, quantize_4bit  # noqa: E402
+
+__all__ = ["BlockwiseQuantState", "create_dynamic_map", "quantize_blockwise", "dequantize_blockwise", "QuantState",
+           "get_4bit_type", "quantize_4bit", "dequantize_4bit", "gemv_4bit"]

@@ -1,0 +1,90 @@
+/* simd4.h: the x86 instruction-set switch of the CPU 4-bit kernels (internal to libkbit_cpu).
+ * Owns: which copy of a hot loop runs (the x86-64 baseline, or AVX2 when the CPU and OS have it and
+ * KBIT_CPU_BASELINE is not "1"), and the AVX2 lookup of a block's 16 dequantized values. Every AVX2 routine here
+ * performs the same IEEE operations (or the same table lookups) as the portable loop it replaces, so results are
+ * identical bit for bit; tests/test_blockwise4.py compares the two paths. No build flag above the baseline is
+ * used: AVX2 code is compiled per function with a target attribute (GCC and Clang on x86-64 only). */
+#pragma once
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define KBIT_X86_DISPATCH 1
+#include <immintrin.h>
+#define KBIT_TARGET_AVX2 __attribute__((target("avx2")))
+#define KBIT_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define KBIT_X86_DISPATCH 0
+#define KBIT_ALWAYS_INLINE inline
+#endif
+
+namespace kbit {
+
+#if KBIT_X86_DISPATCH
+/* Whether the AVX2 copies run: the CPU (and OS) support AVX2 and KBIT_CPU_BASELINE is not "1". Read once. */
+inline bool use_avx2() {
+  static const bool avx2 = [] {
+    const char* forced = getenv("KBIT_CPU_BASELINE");
+    return __builtin_cpu_supports("avx2") && !(forced != nullptr && forced[0] == '1');
+  }();
+  return avx2;
+}
+#endif
+
+#if KBIT_X86_DISPATCH
+/* 2k nibbles of k bytes in element order (high nibble first), one per byte lane. */
+KBIT_TARGET_AVX2 inline __m128i nibbles_in_order(__m128i bytes) {
+  const __m128i mask = _mm_set1_epi8(15);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+  return _mm_unpacklo_epi8(hi, _mm_and_si128(bytes, mask));
+}
+
+/* AVX2 lookup of the 16 block values: 8 float32 outputs per step from 4 bytes (two 8-entry permutes, the
+ * code's bit 3 choosing between them). Stream: non-temporal stores, dst 32-byte aligned. */
+template <bool Stream>
+KBIT_TARGET_AVX2 inline int64_t lookup_pairs_avx2(const uint8_t* src, float* dst, int64_t pairs, const float* s) {
+  const __m256 low = _mm256_loadu_ps(s), high = _mm256_loadu_ps(s + 8);
+  int64_t j = 0;
+  for (; j + 4 <= pairs; j += 4) {
+    int32_t four;
+    memcpy(&four, src + j, 4);
+    const __m256i idx = _mm256_cvtepu8_epi32(nibbles_in_order(_mm_cvtsi32_si128(four)));
+    const __m256 pick = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 -> sign bit
+    const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, idx), _mm256_permutevar8x32_ps(high, idx), pick);
+    if (Stream) {
+      _mm256_stream_ps(dst + 2 * j, v);
+    } else {
+      _mm256_storeu_ps(dst + 2 * j, v);
+    }
+  }
+  return j;
+}
+
+/* AVX2 (SSSE3 byte shuffles) lookup for 16-bit outputs: 16 values per step from 8 bytes. */
+template <bool Stream, class H>
+KBIT_TARGET_AVX2 inline int64_t lookup_pairs_avx2(const uint8_t* src, H* dst, int64_t pairs, const H* s) {
+  alignas(16) uint8_t lo_bytes[16], hi_bytes[16];
+  for (int c = 0; c < 16; ++c) {
+    lo_bytes[c] = static_cast<uint8_t>(s[c].bits & 0xff);
+    hi_bytes[c] = static_cast<uint8_t>(s[c].bits >> 8);
+  }
+  const __m128i lo_table = _mm_load_si128(reinterpret_cast<const __m128i*>(lo_bytes));
+  const __m128i hi_table = _mm_load_si128(reinterpret_cast<const __m128i*>(hi_bytes));
+  int64_t j = 0;
+  for (; j + 8 <= pairs; j += 8) {
+    const __m128i idx = nibbles_in_order(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + j)));
+    const __m128i lo = _mm_shuffle_epi8(lo_table, idx), hi = _mm_shuffle_epi8(hi_table, idx);
+    const __m256i v = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+    if (Stream) {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + 2 * j), v);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * j), v);
+    }
+  }
+  return j;
+}
+#endif
+
+}  // namespace kbit

@@ -1,0 +1,90 @@
+/* gemv4.cu: CUDA entry point of the 4-bit matrix-vector product out = A @ W.T (+ bias). The math and the
+ * summation order are numerics/blockwise4.h: one warp per output feature, lane l sums k = l, l + 32, ... and
+ * the warp's xor butterfly combines the lanes, which is the order the CPU library reproduces. */
+#include "common/args.h"
+#include "cuda/cuda_check.h"
+#include "cuda/device_pointer.h"
+#include "numerics/blockwise4.h"
+#include "numerics/float16.h"
+
+namespace kbit {
+namespace {
+
+__constant__ float c_nf4[16] = KBIT_NF4_VALUES;
+__constant__ float c_fp4[16] = KBIT_FP4_VALUES;
+
+constexpr int kWarpsPerBlock = 4;
+
+template <class T>
+__global__ void gemv4_kernel(const T* __restrict__ A, const uint8_t* __restrict__ packed,
+                             const float* __restrict__ absmax, const T* __restrict__ bias, T* __restrict__ out,
+                             int64_t M, int64_t N, int64_t K, int32_t log2_bs, int32_t quant_type) {
+  __shared__ float s_table[16];
+  if (threadIdx.x < 16) s_table[threadIdx.x] = quant_type == KBIT_FP4 ? c_fp4[threadIdx.x] : c_nf4[threadIdx.x];
+  __syncthreads();
+  const int lane = threadIdx.x % kGemvLanes;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kGemvLanes;
+  if (j >= N) return;  // a whole warp leaves together; no barrier follows
+  const float b = bias != nullptr ? to_float(bias[j]) : 0.0f;
+  for (int64_t m = 0; m < M; ++m) {
+    float acc = 0.0f;
+    for (int64_t k = lane; k < K; k += kGemvLanes) {
+      const int64_t i = j * K + k;
+      const float w = dequantize_4bit_value(nibble_at(packed, i), absmax[i >> log2_bs], s_table);
+      acc = gemv_step(acc, to_float(A[m * K + k]), w);
+    }
+    for (int offset = kGemvLanes / 2; offset >= 1; offset >>= 1) acc = acc + __shfl_xor_sync(0xffffffffu, acc, offset);
+    if (lane == 0) out[m * N + j] = from_float<T>(gemv_finish(acc, bias != nullptr, b));
+  }
+}
+
+template <class T>
+int launch_gemv4(int32_t quant_type, const void* A, const uint8_t* packed, const float* absmax, const void* bias,
+                 void* out, int64_t M, int64_t N, int64_t K, int32_t bs, cudaStream_t stream) {
+  const int64_t blocks = (N + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  KBIT_CHECK(blocks <= 0x7fffffff, KBIT_ERR_INVALID_ARGUMENT, "out_features = %lld exceeds the grid limit",
+             static_cast<long long>(N));
+  gemv4_kernel<T><<<static_cast<unsigned>(blocks), kWarpsPerBlock * kGemvLanes, 0, stream>>>(
+      static_cast<const T*>(A), packed, absmax, static_cast<const T*>(bias), static_cast<T*>(out), M, N, K,
+      log2_pow2(bs), quant_type);
+  KBIT_CUDA_CHECK(cudaGetLastError());
+  return KBIT_OK;
+}
+
+int check_gemv_pointers(const void* A, const uint8_t* packed, const float* absmax, const void* bias, const void* out,
+                        int64_t K) {
+  if (int s = check_device_memory(out, "out")) return s;
+  if (bias != nullptr)
+    if (int s = check_device_memory(bias, "bias")) return s;
+  if (K == 0) return KBIT_OK;  // an empty reduction reads neither A nor the weight
+  if (int s = check_device_memory(A, "A")) return s;
+  if (int s = check_device_memory(packed, "packed")) return s;
+  return check_device_memory(absmax, "absmax");
+}
+
+}  // namespace
+}  // namespace kbit
+
+extern "C" {
+
+KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, const uint8_t* packed,
+                            const float* absmax, const void* bias, void* out, int64_t rows, int64_t out_features,
+                            int64_t in_features, int32_t blocksize, void* stream, int32_t /*num_threads*/) {
+  return kbit::guarded("kbit_gemv_4bit", [&]() -> int {
+    if (int s = kbit::check_gemv_4bit(dtype, quant_type, A, packed, absmax, out, rows, out_features, in_features,
+                                      blocksize))
+      return s;
+    if (rows == 0 || out_features == 0) return KBIT_OK;
+    if (int s = kbit::check_gemv_pointers(A, packed, absmax, bias, out, in_features)) return s;
+    auto st = static_cast<cudaStream_t>(stream);
+    const int64_t M = rows, N = out_features, K = in_features;
+    const int32_t qt = quant_type, bs = blocksize;
+    switch (dtype) {
+      case KBIT_F32: return kbit::launch_gemv4<float>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
+      case KBIT_F16: return kbit::launch_gemv4<kbit::f16>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
+      default: return kbit::launch_gemv4<kbit::bf16>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
+    }
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,140 @@
+/* blockwise4.h: the math of 4-bit blockwise quantization (NF4, FP4) and of the 4-bit matrix-vector product,
+ * written once for CPU and CUDA.
+ *
+ * Definitions (bitsandbytes' format; ../shared/reference/numerics.md):
+ *  - absmax[b] = max |x| over block b (float32, unscaled). It is found as the largest |x| bit pattern, which
+ *    orders non-negative floats like their values and puts NaN above inf, so the result does not depend on the
+ *    order of the reduction (identical on every thread count and on the GPU). A NaN absmax is stored as the
+ *    canonical quiet NaN 0x7fc00000.
+ *  - Normalisation as in the 8-bit path (blockwise8.h): inv = 1 / absmax once per block, x * inv per element;
+ *    absmax == 0 gives inv = 0 (the block dequantizes to exact zeros); a subnormal absmax whose inverse
+ *    overflows divides instead.
+ *  - NF4: the code is the exact nearest table value to the normalised x; on an exact midpoint the lower code
+ *    wins (bitsandbytes' NF4 decision tree tests `x > midpoint`). Implemented as the number of thresholds x
+ *    lies above, where each threshold is the largest float32 not above the exact (float64) midpoint, so
+ *    `x > t` is exactly `x > midpoint` for every float32 x. (bitsandbytes' tree compares with the midpoints
+ *    rounded to nearest float32; for the 6 midpoints where that rounds up, the single float equal to the rounded
+ *    midpoint gets the farther, lower code there and the nearest code here.)
+ *  - FP4: bit 3 is the sign, set when x < 0 (so -0.0 gets +0's code 0b0000, and a negative x too small for
+ *    any non-zero magnitude gets 0b1000, "negative zero", as in bitsandbytes' dQuantizeFP4). The magnitude bits
+ *    are the exact nearest magnitude to |x| with ties to the smaller magnitude (bitsandbytes compares |x| with
+ *    `>`). bitsandbytes' CUDA tree writes its FP4 midpoints with 6 to 8 digits (0.583333f for 7/12), so within
+ *    3e-7 of those midpoints its codes are not the nearest; kbit's are.
+ *  - Packing: element 2j in the high nibble of byte j, 2j+1 in the low nibble. Blocks have an even size and
+ *    start at even indices, so a byte never spans two blocks. An odd n pads the last low nibble with the code
+ *    of 0.0 (NF4 0b0111, FP4 0b0000), which is what bitsandbytes writes (it quantizes a padding 0.0).
+ *  - Non-finite input: a block whose absmax is inf or NaN stores the code of 0.0 everywhere and dequantizes
+ *    to the canonical quiet NaN, so inf/NaN never become finite numbers (the 8-bit path's rule).
+ *  - Dequantize: value = table[code] * absmax in float32 (FP4 code 0b1000 is -0.0), rounded to the output
+ *    dtype (nearest-even).
+ *  - gemv: y[m, n] = sum_k A[m, k] * w[n, k] with w = table[code] * absmax (float32, not rounded to A's dtype)
+ *    and float32 products and sums in a fixed order: 32 lanes, lane l adds the products of k = l, l + 32,
+ *    l + 64, ... in increasing k; then the lanes are combined pairwise, l + 16 into l, then l + 8 into l, ...,
+ *    l + 1 into l (a warp's xor butterfly); then the bias (if any) is added once and the sum is rounded to A's
+ *    dtype. Both backends follow this order, so the result does not depend on the thread count.
+ * Compiled with floating-point contraction off on every path, so CPU and GPU produce the same bits.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "kbit.h" /* KBIT_NF4, KBIT_FP4 */
+#include "numerics/blockwise8.h"
+#include "numerics/float16.h"
+#include "numerics/host_device.h"
+
+namespace kbit {
+
+/* Table initializers, indexed by code: bitsandbytes' NF4 values as published, and FP4's
+ * [0, 0.0625, 8, 12, 4, 6, 2, 3] / 12 in float32 with the sign in bit 3 (code 0b1000 is -0.0). */
+#define KBIT_NF4_VALUES {                                                                          \
+  -0x1p+0f, -0x1.647362p-1f, -0x1.0cd66p-1f, -0x1.94654p-2f, -0x1.23449ap-2f, -0x1.7a6a7ep-3f,     \
+  -0x1.74f0e2p-4f, 0.0f, 0x1.45f5fep-4f, 0x1.4995c6p-3f, 0x1.f809bap-3f, 0x1.5a0674p-2f,           \
+  0x1.c3497p-2f, 0x1.200f56p-1f, 0x1.722766p-1f, 0x1p+0f }
+#define KBIT_FP4_VALUES {                                                                          \
+  0.0f, 0x1.555556p-8f, 0x1.555556p-1f, 0x1p+0f, 0x1.555556p-2f, 0x1p-1f, 0x1.555556p-3f, 0x1p-2f, \
+  -0.0f, -0x1.555556p-8f, -0x1.555556p-1f, -0x1p+0f, -0x1.555556p-2f, -0x1p-1f, -0x1.555556p-3f, -0x1p-2f }
+
+constexpr uint32_t kCanonicalNaNBits = 0x7fc00000u;
+constexpr uint8_t kNf4ZeroCode = 7;  // the code of 0.0, also the padding nibble
+constexpr uint8_t kFp4ZeroCode = 0;
+constexpr int kGemvLanes = 32;
+
+/* The code of 0.0 for a quant type (KBIT_NF4 or KBIT_FP4). */
+KBIT_HD uint8_t zero_code_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4ZeroCode : kNf4ZeroCode; }
+
+/* |x| as bits: monotonic in |x| for non-negative floats, NaN above inf; max of these is an order-free absmax. */
+KBIT_HD uint32_t abs_bits(float x) { return float_bits(x) & 0x7fffffffu; }
+
+/* The absmax a block stores, from its largest abs_bits: the value, or the canonical NaN. */
+KBIT_HD float absmax_from_bits(uint32_t bits) {
+  return bits > 0x7f800000u ? bits_float(kCanonicalNaNBits) : bits_float(bits);
+}
+
+/* -1 when x > t, else 0: a compare mask, summed with subtraction (vectorizers keep it in the compare's lanes). */
+KBIT_HD int32_t above_mask(float x, float t) { return -static_cast<int32_t>(x > t); }
+
+/* NF4: the number of exact midpoints x lies above (15 branch-free compares). Ties go to the lower code. */
+KBIT_HD uint32_t nf4_code(float x) {
+  int32_t c = 0;
+  c -= above_mask(x, -0x1.b239b2p-1f);
+  c -= above_mask(x, -0x1.38a4e2p-1f);
+  c -= above_mask(x, -0x1.d709p-2f);
+  c -= above_mask(x, -0x1.5bd4eep-2f);
+  c -= above_mask(x, -0x1.e079dap-3f);
+  c -= above_mask(x, -0x1.1a7178p-3f);
+  c -= above_mask(x, -0x1.74f0e2p-5f);
+  c -= above_mask(x, 0x1.45f5fep-5f);
+  c -= above_mask(x, 0x1.ec90c4p-4f);
+  c -= above_mask(x, 0x1.a0cfcp-3f);
+  c -= above_mask(x, 0x1.2b05a8p-2f);
+  c -= above_mask(x, 0x1.8ea7f2p-2f);
+  c -= above_mask(x, 0x1.00da06p-1f);
+  c -= above_mask(x, 0x1.491b5ep-1f);
+  c -= above_mask(x, 0x1.b913b2p-1f);
+  return static_cast<uint32_t>(c);
+}
+
+/* FP4: sign bit from x < 0; magnitude rank r = number of exact magnitude midpoints |x| lies above (ties to the
+ * smaller magnitude); the FP4 bits of rank r (magnitudes ascending: 000 001 110 111 100 101 010 011) are
+ * r ^ ((r & 2) << 1). */
+KBIT_HD uint32_t fp4_code(float x) {
+  const float a = x < 0.0f ? -x : x;
+  int32_t r = 0;
+  r -= above_mask(a, 0x1.555556p-9f);
+  r -= above_mask(a, 0x1.6p-4f);
+  r -= above_mask(a, 0x1.aaaaaap-3f);
+  r -= above_mask(a, 0x1.2aaaaap-2f);
+  r -= above_mask(a, 0x1.aaaaaap-2f);
+  r -= above_mask(a, 0x1.2aaaaap-1f);
+  r -= above_mask(a, 0x1.aaaaaap-1f);
+  const uint32_t rank = static_cast<uint32_t>(r);
+  return (rank ^ ((rank & 2u) << 1)) | (x < 0.0f ? 8u : 0u);
+}
+
+template <int32_t QuantType>
+KBIT_HD uint32_t code_4bit(float normalized) {
+  return QuantType == KBIT_FP4 ? fp4_code(normalized) : nf4_code(normalized);
+}
+
+/* One byte of two codes: `hi` is the element at the even index. */
+KBIT_HD uint8_t pack_4bit(uint32_t hi, uint32_t lo) { return static_cast<uint8_t>((hi << 4) | lo); }
+
+/* The code of nibble i (flat element index) of a packed tensor. */
+KBIT_HD uint32_t nibble_at(const uint8_t* packed, int64_t i) {
+  const uint32_t byte = packed[i >> 1];
+  return (i & 1) ? (byte & 15u) : (byte >> 4);
+}
+
+/* Dequantized value in float32; a non-finite block's values are one canonical quiet NaN. */
+KBIT_HD float dequantize_4bit_value(uint32_t code, float absmax, const float* table) {
+  return is_finite_scale(absmax) ? table[code] * absmax : bits_float(kCanonicalNaNBits);
+}
+
+/* One gemv term: the lane's running sum plus A's value times the dequantized weight. */
+KBIT_HD float gemv_step(float acc, float a, float w) { return acc + a * w; }
+
+/* The output of one gemv dot product from its lane-0 sum: bias added once (when present), in float32. */
+KBIT_HD float gemv_finish(float sum, bool has_bias, float bias) { return has_bias ? sum + bias : sum; }
+
+}  // namespace kbit

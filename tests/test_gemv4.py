@@ -1,0 +1,159 @@
+"""gemv_4bit on the CPU library: the documented summation order bit for bit, accuracy against float64, batch
+shapes, bias, thread counts, gradients, errors.
+
+The order reference below is written from csrc/numerics/blockwise4.h's description, in torch float32
+element-wise operations (each an IEEE operation, no contraction): 32 lanes, lane l sums the products of
+k = l, l + 32, ... in increasing k; then lanes l + 16, l + 8, ..., l + 1 are added into lane l; then the bias.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kbit
+from kbit import functional as F
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def lane_order_reference(A: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A (M, K) and the dequantized W (N, K) in float32; returns (M, N) float32 in the documented order."""
+    M, K = A.shape
+    N = W.shape[0]
+    acc = torch.zeros(M, N, 32)
+    for k0 in range(0, K, 32):
+        width = min(32, K - k0)
+        prod = A[:, None, k0:k0 + width] * W[None, :, k0:k0 + width]
+        acc[:, :, :width] = acc[:, :, :width] + prod
+    for offset in (16, 8, 4, 2, 1):
+        acc[:, :, :offset] = acc[:, :, :offset] + acc[:, :, offset:2 * offset]
+    out = acc[:, :, 0]
+    return out if bias is None else out + bias.float()
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The bytes of t (a fresh dense copy: views of size-1 dimensions can carry any stride)."""
+    return t.new_empty(t.shape).copy_(t).reshape(-1).view(torch.uint8)
+
+
+def weight_float32(packed: torch.Tensor, state: F.QuantState) -> torch.Tensor:
+    """The dequantized weight in float32 (what the kernel multiplies by), whatever the state's dtype."""
+    f32 = F.QuantState(state.absmax, state.shape, state.code, state.blocksize, state.quant_type, torch.float32,
+                       state.offset, state.state2)
+    return F.dequantize_4bit(packed, f32)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("M,N,K,blocksize", [(1, 7, 96, 64), (3, 5, 48, 32), (2, 9, 33, 32), (4, 3, 1000, 128),
+                                             (1, 1, 1, 32), (5, 17, 4100, 4096)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_results_follow_the_documented_order_bit_for_bit(quant_type, M, N, K, blocksize, dtype):
+    g = torch.Generator().manual_seed(M * N + K)
+    W = torch.randn(N, K, generator=g)
+    A = torch.randn(M, K, generator=g).to(dtype)
+    bias = torch.randn(N, generator=g).to(dtype)
+    packed, state = F.quantize_4bit(W, blocksize=blocksize, quant_type=quant_type)
+    w = weight_float32(packed, state)
+    for b in (None, bias):
+        expected = lane_order_reference(A.float(), w, b).to(dtype)
+        got = F.gemv_4bit(A, packed, state, bias=b)
+        assert got.dtype == dtype and got.shape == (M, N)
+        assert torch.equal(bits(got), bits(expected))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("nested", [False, True])
+def test_accuracy_against_float64(dtype, nested):
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(300, 1030, generator=g)
+    A = torch.randn(4, 1030, generator=g).to(dtype)
+    packed, state = F.quantize_4bit(W, blocksize=64, compress_statistics=nested)
+    w = F.dequantize_4bit(packed, state).double()
+    ref = A.double() @ w.T
+    got = F.gemv_4bit(A, packed, state).double()
+    scale = A.double().abs() @ w.abs().T  # bound of the rounding error of a float32 sum
+    eps = {torch.float32: 0.0, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
+    assert ((got - ref).abs() <= 1030 * 2.0 ** -24 * scale + eps * ref.abs() + 1e-6).all()
+
+
+@pytest.mark.parametrize("shape", [(96,), (1, 96), (6, 96), (2, 3, 96), (0, 96), (2, 0, 96)])
+def test_batch_and_leading_dimensions(shape):
+    W = torch.randn(11, 96)
+    packed, state = F.quantize_4bit(W, blocksize=32)
+    A = torch.randn(shape)
+    out = F.gemv_4bit(A, packed, state)
+    assert out.shape == (*shape[:-1], 11)
+    if A.numel():
+        rows = F.gemv_4bit(A.reshape(-1, 96), packed, state).reshape(out.shape)
+        assert torch.equal(out, rows)
+        single = torch.stack([F.gemv_4bit(a, packed, state) for a in A.reshape(-1, 96)]).reshape(out.shape)
+        assert torch.equal(out, single)  # each output row is computed alone: batching changes no bit
+
+
+def test_empty_reduction_gives_the_bias():
+    packed, state = F.quantize_4bit(torch.empty(5, 0), blocksize=64)
+    bias = torch.randn(5)
+    assert torch.equal(F.gemv_4bit(torch.empty(3, 0), packed, state, bias), bias.expand(3, 5))
+    assert torch.equal(F.gemv_4bit(torch.empty(3, 0), packed, state), torch.zeros(3, 5))
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    W = torch.randn(257, 515)
+    A = torch.randn(9, 515)
+    packed, state = F.quantize_4bit(W, blocksize=128, quant_type="fp4")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = F.gemv_4bit(A, packed, state)
+        torch.set_num_threads(2)
+        two = F.gemv_4bit(A, packed, state)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_gradients_flow_to_the_input_and_bias():
+    W = torch.randn(20, 64)
+    packed, state = F.quantize_4bit(W, blocksize=32)
+    A = torch.randn(3, 64, requires_grad=True)
+    bias = torch.randn(20, requires_grad=True)
+    grad = torch.randn(3, 20)
+    F.gemv_4bit(A, packed, state, bias).backward(grad)
+    w = F.dequantize_4bit(packed, state)
+    assert torch.allclose(A.grad, grad @ w, atol=1e-5) and torch.allclose(bias.grad, grad.sum(0))
+
+
+def test_bad_inputs_are_named():
+    packed, state = F.quantize_4bit(torch.randn(8, 64), blocksize=64)
+    with pytest.raises(kbit.KbitValueError, match="last dimension must be 64"):
+        F.gemv_4bit(torch.randn(2, 63), packed, state)
+    with pytest.raises(kbit.KbitValueError, match="torch.int64"):
+        F.gemv_4bit(torch.ones(2, 64, dtype=torch.int64), packed, state)
+    with pytest.raises(kbit.KbitValueError, match=r"bias must be .* shape \(8,\)"):
+        F.gemv_4bit(torch.randn(2, 64), packed, state, bias=torch.randn(7))
+    p3, s3 = F.quantize_4bit(torch.randn(2, 4, 64), blocksize=64)
+    with pytest.raises(kbit.KbitValueError, match="2-D"):
+        F.gemv_4bit(torch.randn(2, 64), p3, s3)
+    with pytest.raises(kbit.KbitValueError, match="holds 100 bytes"):
+        F.gemv_4bit(torch.randn(2, 64), packed[:100], state)
+
+
+def test_native_checks_back_up_the_python_ones():
+    lib = kbit._native.cpu()
+    with pytest.raises(kbit.NativeArgumentError, match="NULL"):
+        lib.call("kbit_gemv_4bit", 0, 0, None, None, None, None, None, 2, 3, 4, 64, None, 1)
+    with pytest.raises(kbit.NativeArgumentError, match="negative size"):
+        lib.call("kbit_gemv_4bit", 0, 0, None, None, None, None, None, -1, 3, 4, 64, None, 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_matches_the_cpu_bits(dtype):
+    W = torch.randn(70, 333)
+    A = torch.randn(3, 333).to(dtype)
+    bias = torch.randn(70).to(dtype)
+    for nested in (False, True):
+        packed, state = F.quantize_4bit(W, blocksize=32, compress_statistics=nested)
+        cpu = F.gemv_4bit(A, packed, state, bias)
+        gpu = F.gemv_4bit(A.cuda(), packed.cuda(), state.to("cuda"), bias.cuda()).cpu()
+        assert torch.equal(bits(gpu), bits(cpu))
