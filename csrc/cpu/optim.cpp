@@ -24,7 +24,8 @@ int check_cpu_call(void* stream, int32_t threads) {
 
 template <class T, int KIND>
 void update_32bit_range(T* p, const T* g, float* s1, float* s2, float* s3, int64_t begin, int64_t end,
-                        const OptimScalars& k) {
+                        const OptimScalars& scalars) {
+  const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it
   for (int64_t i = begin; i < end; ++i) {
     float a = s1[i];
     float b = KIND == kAdam || KIND == kAdemamix ? s2[i] : 0.0f;
@@ -47,47 +48,84 @@ void update_32bit(void* p, const void* g, float* s1, float* s2, int64_t n, const
   }
 }
 
+/* c ? a : b as a bit blend: GCC turns a plain `p[i] = c ? a : p[i]` into a conditional store, which blocks
+ * vectorization without masked stores (above x86-64-v2); the blend is an unconditional store. */
+inline uint32_t blend_mask32(bool c) { return 0u - static_cast<uint32_t>(c); }
+inline float blend(bool c, float a, float b) {
+  const uint32_t m = blend_mask32(c);
+  return bits_float((float_bits(a) & m) | (float_bits(b) & ~m));
+}
+template <class H>
+inline H blend(bool c, H a, H b) {
+  const uint16_t m = static_cast<uint16_t>(0u - static_cast<unsigned>(c));
+  return H{static_cast<uint16_t>((a.bits & m) | (b.bits & ~m))};
+}
+
 /* The codes and absmax of one block of one 8-bit state. */
 struct QState {
   uint8_t* codes;
   float* absmax;
 };
 
-/* One 256-element block: dequantize + update + absmax, then requantize from the stack buffers. */
+/* absmax_step folded over the block, fast: |x| bit patterns order like the values (NaN above inf), so an
+ * unsigned max of them is a branch-free, vectorizable reduction. absmax_step's branches on the sign of
+ * each state mispredict half the time. A NaN (only from an overflowing update) takes the shared scalar
+ * rule, so the result is always exactly absmax_step's. */
+inline float block_absmax(const float* s, int len) {
+  uint32_t top = 0;
+  for (int i = 0; i < len; ++i) {
+    const uint32_t a = float_bits(s[i]) & 0x7fffffffu;
+    top = a > top ? a : top;
+  }
+  if (top <= 0x7f800000u) return bits_float(top);
+  float m = 0.0f;
+  for (int i = 0; i < len; ++i) m = absmax_step(m, s[i]);
+  return m;
+}
+
+/* A state's new absmax, stored, and its inverse for requantization. */
+struct Scale {
+  float absmax, inv;
+};
+inline Scale rescale(const float* s, int len, QState q) {
+  const float m = block_absmax(s, len);
+  *q.absmax = m;
+  return Scale{m, inverse_absmax(m)};
+}
+
+/* One 256-element block in four passes over L1-resident buffers: gather-dequantize the states, update
+ * (straight-line and branch-free, so the compiler vectorizes it), absmax, requantize all states together. */
 template <class T, int KIND>
-void update_8bit_block(T* p, const T* g, int len, QState q1, QState q2, QState q3, const OptimScalars& k) {
+void update_8bit_block(T* p, const T* g, int len, QState q1, QState q2, QState q3, const OptimScalars& scalars) {
+  const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it, so its fields stay in registers
   constexpr bool two = KIND == kAdam || KIND == kAdemamix, three = KIND == kAdemamix;
   const MapView& signed_map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
   const MapView& unsigned_map = host_map(KBIT_MAP_DYNAMIC_UNSIGNED);
   float b1[kOptimBlock], b2[kOptimBlock], b3[kOptimBlock];
   const float a1 = *q1.absmax, a2 = two ? *q2.absmax : 0.0f, a3 = three ? *q3.absmax : 0.0f;
-  float m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;
+  for (int i = 0; i < len; ++i) {
+    b1[i] = dequantize_8bit(q1.codes[i], a1, signed_map.values);
+    b2[i] = two ? dequantize_8bit(q2.codes[i], a2, unsigned_map.values) : 0.0f;
+    b3[i] = three ? dequantize_8bit(q3.codes[i], a3, signed_map.values) : 0.0f;
+  }
   for (int i = 0; i < len; ++i) {
     const float gv = to_float(g[i]);
-    float s1 = dequantize_8bit(q1.codes[i], a1, signed_map.values);
-    float s2 = two ? dequantize_8bit(q2.codes[i], a2, unsigned_map.values) : 0.0f;
-    float s3 = three ? dequantize_8bit(q3.codes[i], a3, signed_map.values) : 0.0f;
-    if (is_finite_value(gv)) {
-      p[i] = from_float<T>(optim_element(KIND, to_float(p[i]), gv, s1, s2, s3, k));
-    } else {  // bitsandbytes: a non-finite gradient element zeroes its states and skips the update
-      s1 = s2 = s3 = 0.0f;
-    }
-    b1[i] = s1; m1 = absmax_step(m1, s1);
-    if (two) { b2[i] = s2; m2 = absmax_step(m2, s2); }
-    if (three) { b3[i] = s3; m3 = absmax_step(m3, s3); }
+    const bool finite = is_finite_value(gv);  // else: zero states, keep the parameter (bitsandbytes)
+    float s1 = b1[i], s2 = b2[i], s3 = b3[i];
+    const T old = p[i];
+    p[i] = blend(finite, from_float<T>(optim_element(KIND, to_float(old), gv, s1, s2, s3, k)), old);
+    b1[i] = finite ? s1 : 0.0f;
+    b2[i] = finite ? s2 : 0.0f;
+    b3[i] = finite ? s3 : 0.0f;
   }
-  *q1.absmax = m1;
-  const float inv1 = inverse_absmax(m1);
-  for (int i = 0; i < len; ++i) q1.codes[i] = requantize_signed(b1[i], m1, inv1, signed_map);
-  if (two) {
-    *q2.absmax = m2;
-    const float inv2 = inverse_absmax(m2);
-    for (int i = 0; i < len; ++i) q2.codes[i] = requantize_unsigned(b2[i], m2, inv2, unsigned_map);
-  }
-  if (three) {
-    *q3.absmax = m3;
-    const float inv3 = inverse_absmax(m3);
-    for (int i = 0; i < len; ++i) q3.codes[i] = requantize_signed(b3[i], m3, inv3, signed_map);
+  const Scale r1 = rescale(b1, len, q1);
+  const Scale r2 = two ? rescale(b2, len, q2) : Scale{0.0f, 0.0f};
+  const Scale r3 = three ? rescale(b3, len, q3) : Scale{0.0f, 0.0f};
+  // the states' code searches in one loop: independent dependency chains the CPU overlaps
+  for (int i = 0; i < len; ++i) {
+    q1.codes[i] = requantize_signed(b1[i], r1.absmax, r1.inv, signed_map);
+    if (two) q2.codes[i] = requantize_unsigned(b2[i], r2.absmax, r2.inv, unsigned_map);
+    if (three) q3.codes[i] = requantize_signed(b3[i], r3.absmax, r3.inv, signed_map);
   }
 }
 

@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kOptimBlock) optim8_kernel(int32_t kind, T* __
   stage_maps(sv, shi, slo, uv, uhi, ulo);
   const MapView smap{sv, shi, slo}, umap{uv, uhi, ulo};
   const bool two = has_state2(kind), three = kind == kAdemamix;
-  const int64_t blocks = block_count(n, kOptimBlock);
+  const int64_t blocks = (n + kOptimBlock - 1) / kOptimBlock;
   uint8_t* c3 = c1 + n;
   float* am3 = am1 + blocks;
   for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {

@@ -6,7 +6,7 @@
  *   g = g * gnorm_scale
  *   Adam/AdamW  s1 = s1*b1 + (1-b1)*g ; s2 = s2*b2 + (1-b2)*(g*g)
  *               p = p + step_size * (s1 / (sqrt(s2) + eps*corr2)),  step_size = -lr*corr2/corr1
- *               then p = p * (1 - lr*wd) when wd > 0 (decoupled, for Adam too: bnb's "adam" kernel is AdamW's)
+ *               then p = p * (1 - lr*wd) (decoupled, for Adam too: bnb's "adam" kernel is AdamW's)
  *   AdEMAMix    s1, s2 as Adam ; s3 = s3*b3 + (1-b3)*g
  *               p = p - lr * ((s1/corr1 + alpha*s3) / (sqrt(s2)/corr2 + eps)) ; then decoupled decay as Adam
  *   Momentum    g = g + p*wd (wd > 0) ; s1 = (step == 1) ? g : s1*b1 + g ; p = p - lr*s1
@@ -76,13 +76,15 @@ KBIT_HD bool is_finite_value(float x) { return (float_bits(x) & 0x7f800000u) != 
 
 KBIT_HD uint32_t sign_bit(float x) { return float_bits(x) >> 31; }
 
-/* sign(x) in {-1, 0, +1} (NaN gives 0, as bitsandbytes' sgn). */
-KBIT_HD float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
+/* sign(x) in {-1, 0, +1} (NaN gives 0, as bitsandbytes' sgn); branch-free so CPU loops vectorize. */
+KBIT_HD float sign_of(float x) { return static_cast<float>(x > 0.0f) - static_cast<float>(x < 0.0f); }
 
 KBIT_HD float ema(float s, float beta, float x) { return s * beta + (1.0f - beta) * x; }
 
 /* One element's update: reads and writes the states (s3 only for AdEMAMix), returns the new parameter.
- * `kind` is a template constant on the CPU (the switch folds away) and a uniform value on the GPU. */
+ * `kind` is a template constant on the CPU (the switch folds away) and a uniform value on the GPU. The
+ * conditions are value selects, not branches, so the CPU loops vectorize; decay is exactly 1 when
+ * weight_decay is 0 and p * 1 == p, so multiplying unconditionally is bitsandbytes' `if (wd > 0)`. */
 KBIT_HD float optim_element(int32_t kind, float p, float g, float& s1, float& s2, float& s3, const OptimScalars& k) {
   g = g * k.gnorm_scale;
   switch (kind) {
@@ -90,26 +92,30 @@ KBIT_HD float optim_element(int32_t kind, float p, float g, float& s1, float& s2
       s1 = ema(s1, k.beta1, g);
       s2 = ema(s2, k.beta2, g * g);
       p = p + k.step_size * (s1 / (sqrtf(s2) + k.eps_hat));
-      return k.weight_decay > 0.0f ? p * k.decay : p;
+      return p * k.decay;
     case kAdemamix:
       s1 = ema(s1, k.beta1, g);
       s3 = ema(s3, k.beta3, g);
       s2 = ema(s2, k.beta2, g * g);
       p = p - k.lr * ((s1 / k.correction1 + k.alpha * s3) / (sqrtf(s2) / k.correction2 + k.eps));
-      return k.weight_decay > 0.0f ? p * k.decay : p;
+      return p * k.decay;
     case kLion: {
-      if (k.weight_decay > 0.0f) p = p * k.decay;
+      p = p * k.decay;  // decoupled, before the step
       const float u = sign_of(s1 * k.beta1 + (1.0f - k.beta1) * g);
       s1 = ema(s1, k.beta2, g);
       return p - k.lr * u;
     }
     default: break;
   }
-  if (k.weight_decay > 0.0f) g = g + p * k.weight_decay;  // L2 decay of the 1-state optimizers
+  // L2 decay of the 1-state optimizers; a select (not g + p*0) so that g = -0.0 and p = inf stay as they are
+  const float decayed = g + p * k.weight_decay;
+  g = k.weight_decay > 0.0f ? decayed : g;
   switch (kind) {
-    case kMomentum:
-      s1 = k.step == 1 ? g : s1 * k.beta1 + g;
+    case kMomentum: {
+      const float accumulated = s1 * k.beta1 + g;
+      s1 = k.step == 1 ? g : accumulated;
       return p - k.lr * s1;
+    }
     case kRmsprop:
       s1 = ema(s1, k.beta1, g * g);
       return p - k.lr * (g / (sqrtf(s1) + k.eps));
