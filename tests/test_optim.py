@@ -266,6 +266,20 @@ def test_noncontiguous_parameters_are_updated_in_place():
     assert torch.equal(p, q) and not p.is_contiguous()
 
 
+def test_sign_fix_keeps_tiny_negative_states_negative():
+    """bitsandbytes' sign rule: a signed state whose nearest code is +0 but which is negative steps one code
+    down (126, the smallest negative value); a tiny positive state stays at the zero code (127)."""
+    p = torch.nn.Parameter(torch.zeros(4096))
+    g = torch.zeros(4096)
+    g[0], g[1], g[2] = 1.0, -1e-9, 1e-9  # Momentum's first state is g itself
+    p.grad = g
+    opt = O.SGD8bit([p], lr=0.1, momentum=0.9)
+    opt.step()
+    codes = opt.state[p]["state1"]
+    assert codes[:3].tolist() == [255, 126, 127] and opt.state[p]["absmax1"][0] == 1.0
+    assert R.SMAP[126] < 0 and R.SMAP[127] == 0
+
+
 def test_state_names_and_layout_are_bitsandbytes():
     p = torch.nn.Parameter(torch.randn(4100))
     p.grad = torch.randn(4100)
