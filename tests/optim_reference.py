@@ -4,7 +4,8 @@
 Every operation is one eager torch op on float32 tensors with float32 0-dim scalars, so each result is
 rounded to float32 exactly as a float32 kernel without contraction rounds it. The 8-bit form dequantizes,
 updates, recomputes absmax and requantizes each step with a sorted-midpoint search in float64 (code = number
-of exact midpoints strictly below the normalised value: nearest, ties to the lower code), then the sign fix.
+of exact midpoints strictly below the normalised value: nearest, ties to the lower code), then the sign fix;
+a NaN absmax is the canonical quiet NaN (0x7fc00000).
 The maps come from kbit.functional.create_dynamic_map; tests check them against the published SHA-256.
 """
 from __future__ import annotations
@@ -96,6 +97,7 @@ def quantize(s: torch.Tensor, table: torch.Tensor, signed: bool) -> tuple[torch.
     """(codes, absmax) of state s: absmax per block (NaN wins), exact nearest code of s * (1/absmax)."""
     n = s.numel()
     absmax = blocks_of(s).abs().amax(dim=1)  # amax propagates NaN
+    absmax = torch.where(torch.isnan(absmax), torch.full_like(absmax, float("nan")), absmax)  # canonical NaN
     inv = torch.where(absmax == 0, torch.zeros_like(absmax), f32(1.0) / absmax)
     normed = s * inv.repeat_interleave(BLOCK)[:n]
     mids = (table.double()[:-1] + table.double()[1:]) / 2

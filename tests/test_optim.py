@@ -191,6 +191,23 @@ def test_8bit_nonfinite_gradient_elements_zero_their_states_and_keep_their_param
     assert torch.isfinite(p).all()
 
 
+def test_an_overflowing_update_is_never_hidden_and_stores_the_canonical_nan():
+    """A finite gradient whose square overflows makes state 2 inf (absmax inf); the next step dequantizes
+    that block to NaN, so its absmax is NaN, stored as the canonical quiet NaN; other blocks are untouched."""
+    p = torch.nn.Parameter(torch.zeros(4096))
+    opt = O.Adam8bit([p])
+    g = torch.full((4096,), 1e-3)
+    g[0] = 1e30
+    p.grad = g.clone()
+    opt.step()
+    assert opt.state[p]["absmax2"][0] == float("inf") and torch.isfinite(opt.state[p]["absmax2"][1:]).all()
+    p.grad = torch.full((4096,), 1e-3)
+    opt.step()
+    absmax2 = opt.state[p]["absmax2"]
+    assert absmax2[:1].view(torch.int32).item() == 0x7FC00000 and torch.isfinite(absmax2[1:]).all()
+    assert torch.isnan(p[:256]).all() and torch.isfinite(p[256:]).all()
+
+
 def test_32bit_nonfinite_gradients_propagate_like_bitsandbytes_32bit_kernels():
     p = torch.nn.Parameter(torch.zeros(8))
     g = torch.zeros(8)

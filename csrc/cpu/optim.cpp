@@ -67,20 +67,16 @@ struct QState {
   float* absmax;
 };
 
-/* absmax_step folded over the block, fast: |x| bit patterns order like the values (NaN above inf), so an
- * unsigned max of them is a branch-free, vectorizable reduction. absmax_step's branches on the sign of
- * each state mispredict half the time. A NaN (only from an overflowing update) takes the shared scalar
- * rule, so the result is always exactly absmax_step's. */
+/* The NaN-propagating max |x| of a block: |x| bit patterns order like the values (NaN above inf), so an
+ * unsigned max of them is a branch-free, vectorizable reduction (absmax_step's branches on each state's
+ * sign mispredict half the time). Any NaN gives the canonical NaN, as on the GPU. */
 inline float block_absmax(const float* s, int len) {
   uint32_t top = 0;
   for (int i = 0; i < len; ++i) {
     const uint32_t a = float_bits(s[i]) & 0x7fffffffu;
     top = a > top ? a : top;
   }
-  if (top <= 0x7f800000u) return bits_float(top);
-  float m = 0.0f;
-  for (int i = 0; i < len; ++i) m = absmax_step(m, s[i]);
-  return m;
+  return canonical_state_absmax(bits_float(top));
 }
 
 /* A state's new absmax, stored, and its inverse for requantization. */

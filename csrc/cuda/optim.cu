@@ -39,14 +39,15 @@ __global__ void optim32_kernel(int32_t kind, T* __restrict__ p, const T* __restr
   }
 }
 
-/* NaN-propagating max over the thread block (kOptimBlock threads), returned to every thread. */
+/* NaN-propagating max over the thread block (kOptimBlock threads), returned to every thread; a NaN is the
+ * canonical one, so the stored absmax has the CPU's bits. */
 __device__ float block_max(float m, float* scratch) {
   for (int offset = 16; offset > 0; offset >>= 1) m = absmax_step(m, __shfl_xor_sync(0xffffffffu, m, offset));
   if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = m;
   __syncthreads();
   m = 0.0f;
   for (int w = 0; w < kOptimBlock / 32; ++w) m = absmax_step(m, scratch[w]);
-  return m;
+  return canonical_state_absmax(m);
 }
 
 __device__ void stage_maps(float* sv, float* shi, float* slo, float* uv, float* uhi, float* ulo) {

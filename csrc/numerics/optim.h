@@ -23,7 +23,7 @@
  * signed dynamic map, state 2 the unsigned map):
  *   - s = map[code] * absmax[block] (dequantize_8bit of blockwise8.h);
  *   - a gradient element that is inf or NaN zeroes that element's states and leaves its parameter as is;
- *   - after the update absmax[block] = max |s| over the block (NaN-propagating), then each state is
+ *   - after the update absmax[block] = max |s| over the block (NaN-propagating, canonical NaN), then each state is
  *     requantized with nearest_code (exact nearest, ties to the lower code) of s * (1/absmax);
  *   - sign fix (signed states): when the chosen value's sign bit differs from the state's, the code steps one
  *     towards the state's sign (so a tiny negative state never rounds up to +0; bitsandbytes does the same).
@@ -71,6 +71,11 @@ inline OptimScalars make_optim_scalars(float lr, float beta1, float beta2, float
   k.decay = 1.0f - lr * weight_decay;
   return k;
 }
+
+/* A block's new state absmax as stored: a NaN (only from an overflowing update) is the canonical quiet NaN,
+ * whichever NaN a backend met first, so CPU and GPU store the same bits (blockwise8.h's canonical_absmax rule
+ * on main). */
+KBIT_HD float canonical_state_absmax(float m) { return m != m ? bits_float(0x7fc00000u) : m; }
 
 KBIT_HD bool is_finite_value(float x) { return (float_bits(x) & 0x7f800000u) != 0x7f800000u; }
 
