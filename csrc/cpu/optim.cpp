@@ -67,16 +67,44 @@ struct QState {
   float* absmax;
 };
 
-/* The NaN-propagating max |x| of a block: |x| bit patterns order like the values (NaN above inf), so an
- * unsigned max of them is a branch-free, vectorizable reduction (absmax_step's branches on each state's
- * sign mispredict half the time). Any NaN gives the canonical NaN, as on the GPU. */
-inline float block_absmax(const float* s, int len) {
-  uint32_t top = 0;
-  for (int i = 0; i < len; ++i) {
-    const uint32_t a = float_bits(s[i]) & 0x7fffffffu;
-    top = a > top ? a : top;
+/* One state of a block, dequantized. With a finite absmax this is dequantize_8bit's multiply, without its
+ * per-element check. */
+inline void dequantize_codes(const uint8_t* codes, int len, float absmax, const float* values, float* out) {
+  if (is_finite_scale(absmax)) {
+    for (int i = 0; i < len; ++i) out[i] = values[codes[i]] * absmax;
+  } else {
+    for (int i = 0; i < len; ++i) out[i] = dequantize_8bit(codes[i], absmax, values);
   }
-  return canonical_state_absmax(bits_float(top));
+}
+
+/* |x| as int32 bits: they order like the magnitudes (NaN above inf), and signed compares are in SSE2. */
+inline int32_t magnitude_i32(float x) { return static_cast<int32_t>(float_bits(x) & 0x7fffffffu); }
+
+/* Codes of one state of a block. The common case (finite absmax whose inverse is finite) runs a loop free of
+ * per-element checks: there quantize_8bit is nearest_code(s * inv) (normalize's multiply branch), the same
+ * function the other case calls through requantize_signed / requantize_unsigned. */
+inline void requantize_codes(const float* s, int len, float absmax, float inv, const MapView& map, bool is_signed,
+                             uint8_t* codes) {
+  if (is_finite_scale(absmax) && !(inv > kFloatMax)) {
+    if (is_signed) {
+      for (int i = 0; i < len; ++i) codes[i] = sign_fixed(nearest_code(s[i] * inv, map), s[i], map);
+    } else {
+      for (int i = 0; i < len; ++i) codes[i] = nearest_code(s[i] * inv, map);
+    }
+  } else if (is_signed) {
+    for (int i = 0; i < len; ++i) codes[i] = requantize_signed(s[i], absmax, inv, map);
+  } else {
+    for (int i = 0; i < len; ++i) codes[i] = requantize_unsigned(s[i], absmax, inv, map);
+  }
+}
+
+/* The NaN-propagating max |x| of a block: magnitude bits order like the magnitudes, so their max is a
+ * branch-free reduction (absmax_step's branches on each state's sign mispredict half the time). Any NaN is
+ * stored as the canonical one, as on the GPU. */
+inline float block_absmax(const float* s, int len) {
+  int32_t top = 0;
+  for (int i = 0; i < len; ++i) top = magnitude_i32(s[i]) > top ? magnitude_i32(s[i]) : top;
+  return canonical_state_absmax(bits_float(static_cast<uint32_t>(top)));
 }
 
 /* A state's new absmax, stored, and its inverse for requantization. */
@@ -90,39 +118,35 @@ inline Scale rescale(const float* s, int len, QState q) {
 }
 
 /* One 256-element block in four passes over L1-resident buffers: gather-dequantize the states, update
- * (straight-line and branch-free, so the compiler vectorizes it), absmax, requantize all states together. */
+ * (straight-line and branch-free, so the compiler vectorizes it), new absmax, requantize. */
 template <class T, int KIND>
 void update_8bit_block(T* p, const T* g, int len, QState q1, QState q2, QState q3, const OptimScalars& scalars) {
   const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it, so its fields stay in registers
   constexpr bool two = KIND == kAdam || KIND == kAdemamix, three = KIND == kAdemamix;
-  const MapView& signed_map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
-  const MapView& unsigned_map = host_map(KBIT_MAP_DYNAMIC_UNSIGNED);
+  // local copies: the uint8 code stores may alias anything, so fields read through a reference are reloaded
+  // for every element
+  const MapView signed_map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
+  const MapView unsigned_map = host_map(KBIT_MAP_DYNAMIC_UNSIGNED);
   float b1[kOptimBlock], b2[kOptimBlock], b3[kOptimBlock];
-  const float a1 = *q1.absmax, a2 = two ? *q2.absmax : 0.0f, a3 = three ? *q3.absmax : 0.0f;
-  for (int i = 0; i < len; ++i) {
-    b1[i] = dequantize_8bit(q1.codes[i], a1, signed_map.values);
-    b2[i] = two ? dequantize_8bit(q2.codes[i], a2, unsigned_map.values) : 0.0f;
-    b3[i] = three ? dequantize_8bit(q3.codes[i], a3, signed_map.values) : 0.0f;
-  }
+  dequantize_codes(q1.codes, len, *q1.absmax, signed_map.values, b1);
+  if (two) dequantize_codes(q2.codes, len, *q2.absmax, unsigned_map.values, b2);
+  if (three) dequantize_codes(q3.codes, len, *q3.absmax, signed_map.values, b3);
   for (int i = 0; i < len; ++i) {
     const float gv = to_float(g[i]);
     const bool finite = is_finite_value(gv);  // else: zero states, keep the parameter (bitsandbytes)
-    float s1 = b1[i], s2 = b2[i], s3 = b3[i];
+    float s1 = b1[i], s2 = two ? b2[i] : 0.0f, s3 = three ? b3[i] : 0.0f;
     const T old = p[i];
     p[i] = blend(finite, from_float<T>(optim_element(KIND, to_float(old), gv, s1, s2, s3, k)), old);
     b1[i] = finite ? s1 : 0.0f;
-    b2[i] = finite ? s2 : 0.0f;
-    b3[i] = finite ? s3 : 0.0f;
+    if (two) b2[i] = finite ? s2 : 0.0f;
+    if (three) b3[i] = finite ? s3 : 0.0f;
   }
   const Scale r1 = rescale(b1, len, q1);
   const Scale r2 = two ? rescale(b2, len, q2) : Scale{0.0f, 0.0f};
   const Scale r3 = three ? rescale(b3, len, q3) : Scale{0.0f, 0.0f};
-  // the states' code searches in one loop: independent dependency chains the CPU overlaps
-  for (int i = 0; i < len; ++i) {
-    q1.codes[i] = requantize_signed(b1[i], r1.absmax, r1.inv, signed_map);
-    if (two) q2.codes[i] = requantize_unsigned(b2[i], r2.absmax, r2.inv, unsigned_map);
-    if (three) q3.codes[i] = requantize_signed(b3[i], r3.absmax, r3.inv, signed_map);
-  }
+  requantize_codes(b1, len, r1.absmax, r1.inv, signed_map, true, q1.codes);
+  if (two) requantize_codes(b2, len, r2.absmax, r2.inv, unsigned_map, false, q2.codes);
+  if (three) requantize_codes(b3, len, r3.absmax, r3.inv, signed_map, true, q3.codes);
 }
 
 template <class T, int KIND>

@@ -130,12 +130,17 @@ KBIT_HD float optim_element(int32_t kind, float p, float g, float& s1, float& s2
   }
 }
 
-/* The code of a signed state (state 1 / 3): exact nearest, then bitsandbytes' sign fix. A non-finite block
- * (absmax inf/NaN) keeps quantize_8bit's code: it dequantizes to NaN whatever the code. */
+/* bitsandbytes' sign fix of a signed state's code c (finite block): when the chosen value's sign bit differs
+ * from the state's, step one code towards the state's sign. */
+KBIT_HD uint8_t sign_fixed(uint8_t c, float s, const MapView& map) {
+  return sign_bit(map.values[c]) != sign_bit(s) ? static_cast<uint8_t>(s > 0.0f ? c + 1 : c - 1) : c;
+}
+
+/* The code of a signed state (state 1 / 3): exact nearest, then the sign fix. A non-finite block (absmax
+ * inf/NaN) keeps quantize_8bit's code: it dequantizes to NaN whatever the code. */
 KBIT_HD uint8_t requantize_signed(float s, float absmax, float inv, const MapView& map) {
-  uint8_t c = quantize_8bit(s, absmax, inv, map);
-  if (is_finite_scale(absmax) && sign_bit(map.values[c]) != sign_bit(s)) c = static_cast<uint8_t>(s > 0.0f ? c + 1 : c - 1);
-  return c;
+  const uint8_t c = quantize_8bit(s, absmax, inv, map);
+  return is_finite_scale(absmax) ? sign_fixed(c, s, map) : c;
 }
 
 KBIT_HD uint8_t requantize_unsigned(float s, float absmax, float inv, const MapView& map) {
