@@ -9,6 +9,20 @@ kbit.optim._base. Matched bitsandbytes edges (csrc/kernels.cu and bitsandbytes/o
   - Lion's weight decay is decoupled and applied before the step; SGD/RMSprop/Adagrad add wd*p to g.
   - Momentum's first step sets the state to g (no dampening); SGD needs momentum > 0, as in bitsandbytes.
   - AdEMAMix keeps its slow EMA in state1 (shape (2, *p.shape)), as bitsandbytes does.
+  - 8-bit state: non-finite gradient elements zero their states and keep their parameter; absmax per 256
+    block is recomputed after the update; the signed states get the sign fix; parameters under
+    min_8bit_size (4096) keep 32-bit state. 32-bit state: non-finite gradients propagate (as bitsandbytes'
+    32-bit kernels do).
+Where kbit deliberately differs from bitsandbytes' kernels (each follows numerics.md's formulas):
+  - division and sqrt are IEEE (bitsandbytes uses __fdividef / __powf); codes are the exact nearest value
+    (bitsandbytes' search can differ at midpoints); an all-zero block gets absmax 0 and zero codes (not 0/0).
+  - Lion 32-bit decays like Lion 8-bit (decoupled); bitsandbytes' 32-bit 1-state kernel adds wd*p to g.
+  - RMSprop/Adagrad 8-bit use g + wd*p in the step too; bitsandbytes' 8-bit kernel uses the raw g there.
+  - the non-finite-gradient rule also applies to the 8-bit 1-state optimizers (bitsandbytes checks only in
+    its 2-state kernel).
+  - AdEMAMix 8-bit: the slow EMA's absmax is absmax1[1, b] (the (2, blocks) layout); bitsandbytes' kernel
+    indexes (n + i) / 256, which equals that only when n is a multiple of 256.
+Each matched edge is checked in tests/test_optim.py against a plain-torch reference (tests/optim_reference.py).
 Refused instead of silently ignored (bitsandbytes ignores some of them): amsgrad, nesterov, dampening != 0,
 RMSprop centered/momentum, Adagrad lr_decay/initial_accumulator_value, AdEMAMix t_alpha/t_beta3 schedules.
 """
