@@ -421,8 +421,11 @@ def _cpu_vs_cuda(cls, dtype, steps=5):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("cls", [O.AdamW8bit, O.AdEMAMix8bit, O.Lion8bit, O.SGD8bit, O.RMSprop8bit, O.Adagrad8bit,
-                                 O.AdamW32bit, O.AdEMAMix32bit])
+@pytest.mark.parametrize("cls", [O.AdamW8bit, O.AdEMAMix8bit, O.Lion8bit, lambda ps: O.SGD8bit(ps, lr=0.01, momentum=0.9),
+                                 O.RMSprop8bit, O.Adagrad8bit, O.AdamW32bit, O.AdEMAMix32bit, O.Lion32bit,
+                                 lambda ps: O.SGD32bit(ps, lr=0.01, momentum=0.9, weight_decay=0.01)],
+                         ids=["AdamW8bit", "AdEMAMix8bit", "Lion8bit", "SGD8bit", "RMSprop8bit", "Adagrad8bit",
+                              "AdamW32bit", "AdEMAMix32bit", "Lion32bit", "SGD32bit"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_cuda_updates_are_bit_identical_to_cpu(cls, dtype):
     (pc, sc), (pg, sg) = _cpu_vs_cuda(cls, dtype)
