@@ -96,6 +96,39 @@ KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8
 KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, const uint8_t* packed,
                             const float* absmax, const void* bias, void* out, int64_t rows, int64_t out_features,
                             int64_t in_features, int32_t blocksize, void* stream, int32_t num_threads);
+/* ---- optimizers: one fused update step over n elements (numerics in csrc/numerics/optim.h) ----
+ * optimizer: 0 adam (also AdamW: weight decay is decoupled, p *= 1 - lr*wd), 1 momentum, 2 rmsprop,
+ *            4 adagrad, 5 lion, 6 ademamix (bitsandbytes' numbering).
+ * dtype is that of p and g (0 float32, 1 float16, 2 bfloat16); the update runs in float32 and p is rounded
+ * to nearest-even. correction1 = 1 - beta1^step and correction2 = sqrt(1 - beta2^step) are computed by the
+ * caller (they are used by adam and ademamix only). step counts from 1. gnorm_scale multiplies g first.
+ * state2 / absmax2 are used by adam and ademamix only (pass NULL otherwise). ademamix keeps its third state
+ * after the first: state1 holds 2n elements (and absmax1 2 * ceil(n / 256) blocks in the 8-bit form). */
+
+/* States in float32, updated in place. The states of an element whose g is inf/NaN become NaN (as in
+ * bitsandbytes' 32-bit kernels: non-finite input is never hidden). */
+KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void* p, const void* g, float* state1,
+                                         float* state2, int64_t n, float lr, float beta1, float beta2, float beta3,
+                                         float alpha, float eps, float weight_decay, float correction1,
+                                         float correction2, float gnorm_scale, int32_t step, void* stream,
+                                         int32_t num_threads);
+
+/* States as 8-bit codes in blocks of 256 elements with float32 absmax per block: state1 (and ademamix's
+ * third state) in the signed dynamic map, state2 in the unsigned map. Each block is dequantized, updated,
+ * its absmax recomputed and requantized (exact nearest code, sign fix for signed states). An element whose
+ * g is inf/NaN gets zero states and keeps its parameter. */
+KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dtype, void* p, const void* g,
+                                                  uint8_t* state1, uint8_t* state2, float* absmax1, float* absmax2,
+                                                  int64_t n, float lr, float beta1, float beta2, float beta3,
+                                                  float alpha, float eps, float weight_decay, float correction1,
+                                                  float correction2, float gnorm_scale, int32_t step, void* stream,
+                                                  int32_t num_threads);
+
+/* CUDA managed memory for paged optimizer states: *out = cudaMallocManaged(bytes) (NULL for 0 bytes), freed
+ * with kbit_managed_free (NULL is a no-op). The CPU library refuses both with KBIT_ERR_INVALID_ARGUMENT:
+ * paging needs a CUDA library. */
+KBIT_API int kbit_managed_alloc(void** out, int64_t bytes);
+KBIT_API int kbit_managed_free(void* ptr);
 
 #ifdef __cplusplus
 }

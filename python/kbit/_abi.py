@@ -14,6 +14,7 @@ from kbit import _errors
 ABI_VERSION = 1  # must equal KBIT_ABI_VERSION in csrc/kbit.h (tests/test_abi.py checks)
 
 _c_int, _i32, _i64, _vp = ctypes.c_int, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
+_f32 = ctypes.c_float
 _f32p, _u8p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_uint8)
 PROTOTYPES: dict[str, tuple[type, tuple]] = {
     "kbit_abi_version": (_i32, ()),
@@ -26,6 +27,14 @@ PROTOTYPES: dict[str, tuple[type, tuple]] = {
     "kbit_quantize_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
     "kbit_dequantize_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
     "kbit_gemv_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _vp, _vp, _i64, _i64, _i64, _i32, _vp, _i32)),
+    # optimizer, dtype, p, g, state1, state2, n, lr, beta1, beta2, beta3, alpha, eps, weight_decay,
+    # correction1, correction2, gnorm_scale, step, stream, num_threads
+    "kbit_optimizer_update_32bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _vp, _i64) + (_f32,) * 10 + (_i32, _vp, _i32)),
+    # ... state1, state2, absmax1, absmax2, n, (same scalars as above)
+    "kbit_optimizer_update_8bit_blockwise": (_c_int, (_i32, _i32, _vp, _vp, _vp, _vp, _vp, _vp, _i64) + (_f32,) * 10
+                                             + (_i32, _vp, _i32)),
+    "kbit_managed_alloc": (_c_int, (ctypes.POINTER(_vp), _i64)),
+    "kbit_managed_free": (_c_int, (_vp,)),
 }
 
 STATUS_ERRORS = {

@@ -1,0 +1,270 @@
+/* optim.cpp: CPU entry points of the optimizer updates (libkbit_cpu).
+ * The math is numerics/optim.h; this file owns the loops and their threading. The 8-bit update is one fused
+ * pass per 256-element block: dequantize, update (parameter written at once), new absmax, requantize, with
+ * the updated states kept in stack buffers between the last two steps (a block's states fit in L1).
+ * Blocks are independent, so the results do not depend on the thread count. Paging needs CUDA: the managed
+ * memory functions refuse with a message. */
+#include "common/args.h"
+#include "common/host_tables.h"
+#include "numerics/float16.h"
+#include "numerics/optim.h"
+
+namespace kbit {
+namespace {
+
+constexpr int64_t kChunk32 = 16384;  // elements per OpenMP work item of the 32-bit update
+
+int check_cpu_call(void* stream, int32_t threads) {
+  KBIT_CHECK(stream == nullptr, KBIT_ERR_INVALID_ARGUMENT,
+             "a stream was passed to the CPU library; CUDA tensors must go to a CUDA variant");
+  KBIT_CHECK(threads >= 1 && threads <= 4096, KBIT_ERR_INVALID_ARGUMENT,
+             "num_threads = %d; pass torch.get_num_threads() (1..4096)", threads);
+  return KBIT_OK;
+}
+
+template <class T, int KIND>
+void update_32bit_range(T* p, const T* g, float* s1, float* s2, float* s3, int64_t begin, int64_t end,
+                        const OptimScalars& scalars) {
+  const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it
+  for (int64_t i = begin; i < end; ++i) {
+    float a = s1[i];
+    float b = KIND == kAdam || KIND == kAdemamix ? s2[i] : 0.0f;
+    float c = KIND == kAdemamix ? s3[i] : 0.0f;
+    p[i] = from_float<T>(optim_element(KIND, to_float(p[i]), to_float(g[i]), a, b, c, k));
+    s1[i] = a;
+    if (KIND == kAdam || KIND == kAdemamix) s2[i] = b;
+    if (KIND == kAdemamix) s3[i] = c;
+  }
+}
+
+template <class T, int KIND>
+void update_32bit(void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k, int32_t threads) {
+  const int64_t chunks = (n + kChunk32 - 1) / kChunk32;
+  float* s3 = KIND == kAdemamix ? s1 + n : nullptr;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kChunk32, end = begin + kChunk32 < n ? begin + kChunk32 : n;
+    update_32bit_range<T, KIND>(static_cast<T*>(p), static_cast<const T*>(g), s1, s2, s3, begin, end, k);
+  }
+}
+
+/* c ? a : b as a bit blend: GCC turns a plain `p[i] = c ? a : p[i]` into a conditional store, which blocks
+ * vectorization without masked stores (above x86-64-v2); the blend is an unconditional store. */
+inline uint32_t blend_mask32(bool c) { return 0u - static_cast<uint32_t>(c); }
+inline float blend(bool c, float a, float b) {
+  const uint32_t m = blend_mask32(c);
+  return bits_float((float_bits(a) & m) | (float_bits(b) & ~m));
+}
+template <class H>
+inline H blend(bool c, H a, H b) {
+  const uint16_t m = static_cast<uint16_t>(0u - static_cast<unsigned>(c));
+  return H{static_cast<uint16_t>((a.bits & m) | (b.bits & ~m))};
+}
+
+/* The codes and absmax of one block of one 8-bit state. */
+struct QState {
+  uint8_t* codes;
+  float* absmax;
+};
+
+/* One state of a block, dequantized. With a finite absmax this is dequantize_8bit's multiply, without its
+ * per-element check. */
+inline void dequantize_codes(const uint8_t* codes, int len, float absmax, const float* values, float* out) {
+  if (is_finite_scale(absmax)) {
+    for (int i = 0; i < len; ++i) out[i] = values[codes[i]] * absmax;
+  } else {
+    for (int i = 0; i < len; ++i) out[i] = dequantize_8bit(codes[i], absmax, values);
+  }
+}
+
+/* |x| as int32 bits: they order like the magnitudes (NaN above inf), and signed compares are in SSE2. */
+inline int32_t magnitude_i32(float x) { return static_cast<int32_t>(float_bits(x) & 0x7fffffffu); }
+
+/* Codes of one state of a block. The common case (finite absmax whose inverse is finite) runs a loop free of
+ * per-element checks: there quantize_8bit is nearest_code(s * inv) (normalize's multiply branch), the same
+ * function the other case calls through requantize_signed / requantize_unsigned. */
+inline void requantize_codes(const float* s, int len, float absmax, float inv, const MapView& map, bool is_signed,
+                             uint8_t* codes) {
+  if (is_finite_scale(absmax) && !(inv > kFloatMax)) {
+    if (is_signed) {
+      for (int i = 0; i < len; ++i) codes[i] = sign_fixed(nearest_code(s[i] * inv, map), s[i], map);
+    } else {
+      for (int i = 0; i < len; ++i) codes[i] = nearest_code(s[i] * inv, map);
+    }
+  } else if (is_signed) {
+    for (int i = 0; i < len; ++i) codes[i] = requantize_signed(s[i], absmax, inv, map);
+  } else {
+    for (int i = 0; i < len; ++i) codes[i] = requantize_unsigned(s[i], absmax, inv, map);
+  }
+}
+
+/* The NaN-propagating max |x| of a block: magnitude bits order like the magnitudes, so their max is a
+ * branch-free reduction (absmax_step's branches on each state's sign mispredict half the time). Any NaN is
+ * stored as the canonical one, as on the GPU. */
+inline float block_absmax(const float* s, int len) {
+  int32_t top = 0;
+  for (int i = 0; i < len; ++i) top = magnitude_i32(s[i]) > top ? magnitude_i32(s[i]) : top;
+  return canonical_state_absmax(bits_float(static_cast<uint32_t>(top)));
+}
+
+/* A state's new absmax, stored, and its inverse for requantization. */
+struct Scale {
+  float absmax, inv;
+};
+inline Scale rescale(const float* s, int len, QState q) {
+  const float m = block_absmax(s, len);
+  *q.absmax = m;
+  return Scale{m, inverse_absmax(m)};
+}
+
+/* One 256-element block in four passes over L1-resident buffers: gather-dequantize the states, update
+ * (straight-line and branch-free, so the compiler vectorizes it), new absmax, requantize. */
+template <class T, int KIND>
+void update_8bit_block(T* p, const T* g, int len, QState q1, QState q2, QState q3, const OptimScalars& scalars) {
+  const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it, so its fields stay in registers
+  constexpr bool two = KIND == kAdam || KIND == kAdemamix, three = KIND == kAdemamix;
+  // local copies: the uint8 code stores may alias anything, so fields read through a reference are reloaded
+  // for every element
+  const MapView signed_map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
+  const MapView unsigned_map = host_map(KBIT_MAP_DYNAMIC_UNSIGNED);
+  float b1[kOptimBlock], b2[kOptimBlock], b3[kOptimBlock];
+  dequantize_codes(q1.codes, len, *q1.absmax, signed_map.values, b1);
+  if (two) dequantize_codes(q2.codes, len, *q2.absmax, unsigned_map.values, b2);
+  if (three) dequantize_codes(q3.codes, len, *q3.absmax, signed_map.values, b3);
+  for (int i = 0; i < len; ++i) {
+    const float gv = to_float(g[i]);
+    const bool finite = is_finite_value(gv);  // else: zero states, keep the parameter (bitsandbytes)
+    float s1 = b1[i], s2 = two ? b2[i] : 0.0f, s3 = three ? b3[i] : 0.0f;
+    const T old = p[i];
+    p[i] = blend(finite, from_float<T>(optim_element(KIND, to_float(old), gv, s1, s2, s3, k)), old);
+    b1[i] = finite ? s1 : 0.0f;
+    if (two) b2[i] = finite ? s2 : 0.0f;
+    if (three) b3[i] = finite ? s3 : 0.0f;
+  }
+  const Scale r1 = rescale(b1, len, q1);
+  const Scale r2 = two ? rescale(b2, len, q2) : Scale{0.0f, 0.0f};
+  const Scale r3 = three ? rescale(b3, len, q3) : Scale{0.0f, 0.0f};
+  requantize_codes(b1, len, r1.absmax, r1.inv, signed_map, true, q1.codes);
+  if (two) requantize_codes(b2, len, r2.absmax, r2.inv, unsigned_map, false, q2.codes);
+  if (three) requantize_codes(b3, len, r3.absmax, r3.inv, signed_map, true, q3.codes);
+}
+
+template <class T, int KIND>
+void update_8bit(void* p_, const void* g_, uint8_t* c1, uint8_t* c2, float* am1, float* am2, int64_t n,
+                 const OptimScalars& k, int32_t threads) {
+  T* p = static_cast<T*>(p_);
+  const T* g = static_cast<const T*>(g_);
+  const int64_t blocks = block_count(n, kOptimBlock);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t start = b * kOptimBlock;
+    const int len = static_cast<int>(n - start < kOptimBlock ? n - start : kOptimBlock);
+    const QState q1{c1 + start, am1 + b};
+    const QState q2{c2 == nullptr ? nullptr : c2 + start, am2 == nullptr ? nullptr : am2 + b};
+    const QState q3{KIND == kAdemamix ? c1 + n + start : nullptr, KIND == kAdemamix ? am1 + blocks + b : nullptr};
+    update_8bit_block<T, KIND>(p + start, g + start, len, q1, q2, q3, k);
+  }
+}
+
+/* dtype x kind -> one instantiation each (3 x 6 per form): the kind is a compile-time constant on the CPU so
+ * each inner loop is straight-line code the compiler can vectorize. */
+template <template <class> class Op, class... Args>
+int dispatch(int32_t dtype, int32_t kind, Args&&... args) {
+  switch (dtype) {
+    case KBIT_F32: return Op<float>::by_kind(kind, args...);
+    case KBIT_F16: return Op<f16>::by_kind(kind, args...);
+    default: return Op<bf16>::by_kind(kind, args...);
+  }
+}
+
+template <class T>
+struct Run32 {
+  static int by_kind(int32_t kind, void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k,
+                     int32_t t) {
+    switch (kind) {
+      case kAdam: update_32bit<T, kAdam>(p, g, s1, s2, n, k, t); break;
+      case kAdemamix: update_32bit<T, kAdemamix>(p, g, s1, s2, n, k, t); break;
+      case kMomentum: update_32bit<T, kMomentum>(p, g, s1, s2, n, k, t); break;
+      case kRmsprop: update_32bit<T, kRmsprop>(p, g, s1, s2, n, k, t); break;
+      case kAdagrad: update_32bit<T, kAdagrad>(p, g, s1, s2, n, k, t); break;
+      default: update_32bit<T, kLion>(p, g, s1, s2, n, k, t); break;
+    }
+    return KBIT_OK;
+  }
+};
+
+template <class T>
+struct Run8 {
+  static int by_kind(int32_t kind, void* p, const void* g, uint8_t* c1, uint8_t* c2, float* a1, float* a2, int64_t n,
+                     const OptimScalars& k, int32_t t) {
+    switch (kind) {
+      case kAdam: update_8bit<T, kAdam>(p, g, c1, c2, a1, a2, n, k, t); break;
+      case kAdemamix: update_8bit<T, kAdemamix>(p, g, c1, c2, a1, a2, n, k, t); break;
+      case kMomentum: update_8bit<T, kMomentum>(p, g, c1, c2, a1, a2, n, k, t); break;
+      case kRmsprop: update_8bit<T, kRmsprop>(p, g, c1, c2, a1, a2, n, k, t); break;
+      case kAdagrad: update_8bit<T, kAdagrad>(p, g, c1, c2, a1, a2, n, k, t); break;
+      default: update_8bit<T, kLion>(p, g, c1, c2, a1, a2, n, k, t); break;
+    }
+    return KBIT_OK;
+  }
+};
+
+}  // namespace
+}  // namespace kbit
+
+extern "C" {
+
+KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void* p, const void* g, float* state1,
+                                         float* state2, int64_t n, float lr, float beta1, float beta2, float beta3,
+                                         float alpha, float eps, float weight_decay, float correction1,
+                                         float correction2, float gnorm_scale, int32_t step, void* stream,
+                                         int32_t num_threads) {
+  return kbit::guarded("kbit_optimizer_update_32bit", [&]() -> int {
+    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
+    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
+    if (int s = kbit::check_cpu_call(stream, num_threads)) return s;
+    if (n == 0) return KBIT_OK;
+    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
+                                                          correction1, correction2, gnorm_scale, step);
+    return kbit::dispatch<kbit::Run32>(dtype, optimizer, p, g, state1, state2, n, k, num_threads);
+  });
+}
+
+KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dtype, void* p, const void* g,
+                                                  uint8_t* state1, uint8_t* state2, float* absmax1, float* absmax2,
+                                                  int64_t n, float lr, float beta1, float beta2, float beta3,
+                                                  float alpha, float eps, float weight_decay, float correction1,
+                                                  float correction2, float gnorm_scale, int32_t step, void* stream,
+                                                  int32_t num_threads) {
+  return kbit::guarded("kbit_optimizer_update_8bit_blockwise", [&]() -> int {
+    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
+    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
+    if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
+    if (int s = kbit::check_cpu_call(stream, num_threads)) return s;
+    if (n == 0) return KBIT_OK;
+    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
+                                                          correction1, correction2, gnorm_scale, step);
+    return kbit::dispatch<kbit::Run8>(dtype, optimizer, p, g, state1, state2, absmax1, absmax2, n, k, num_threads);
+  });
+}
+
+KBIT_API int kbit_managed_alloc(void** out, int64_t bytes) {
+  return kbit::guarded("kbit_managed_alloc", [&]() -> int {
+    if (out != nullptr) *out = nullptr;
+    return kbit::fail(KBIT_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "kbit_managed_alloc",
+                      "paged optimizer states live in CUDA managed memory, which needs a CUDA library "
+                      "(libkbit_cuda<NNN>); %lld bytes were requested from the CPU library",
+                      static_cast<long long>(bytes));
+  });
+}
+
+KBIT_API int kbit_managed_free(void* ptr) {
+  return kbit::guarded("kbit_managed_free", [&]() -> int {
+    KBIT_CHECK(ptr == nullptr, KBIT_ERR_INVALID_ARGUMENT,
+               "the CPU library never allocates managed memory, so it cannot free %p; free it with the CUDA "
+               "library that allocated it", ptr);
+    return KBIT_OK;
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,236 @@
+"""The common machinery of kbit's optimizers: a torch.optim.Optimizer whose step runs one fused native
+update per parameter, with bitsandbytes-compatible state.
+
+This module owns hyperparameter and tensor checks, state creation, moving state to the parameter's device,
+and state_dict loading. The math is native (csrc/numerics/optim.h, via kbit.optim._update); the public
+classes (kbit.optim.optimizers) only say which optimizer and which defaults.
+
+State of a parameter (bitsandbytes' names and layout, so states interoperate):
+  "step"              int, updates done so far
+  32-bit form         "state1" (and "state2" for Adam/AdEMAMix), float32, the parameter's shape
+  8-bit form          "state1"/"state2" uint8 codes of the parameter's shape, "absmax1"/"absmax2" float32
+                      [ceil(n / 256)], "qmap1" the signed dynamic map, "qmap2" the unsigned one
+  AdEMAMix            state1 has shape (2, *p.shape): the fast EMA, then the slow one; absmax1 is (2, blocks)
+The 8-bit form is used when optim_bits == 8 and the parameter has at least min_8bit_size (default 4096)
+elements; smaller parameters keep 32-bit state (bitsandbytes' min_8bit_size). States start at zero codes
+with absmax 0 (bitsandbytes' zeros), which dequantize to zero.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import torch
+
+from kbit import _errors
+from kbit.functional import create_dynamic_map
+from kbit.optim import _paged, _update
+
+_SUPPORTED = tuple(_update.DTYPE_IDS)
+
+
+def check_hyper(name: str, value: object, *, low: float = 0.0, below_one: bool = False) -> None:
+    """Refuse a hyperparameter outside [low, inf) (or [low, 1) for betas); NaN is refused too."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low \
+        and (not below_one or value < 1.0) and math.isfinite(value)
+    if not ok:
+        bound = "[0, 1)" if below_one else f">= {low} and finite"
+        raise _errors.KbitValueError(f"{name}={value!r} is invalid: it must be a number {bound}")
+
+
+def check_betas(betas: object, count: int) -> tuple:
+    if not isinstance(betas, (tuple, list)) or len(betas) != count:
+        raise _errors.KbitValueError(f"betas={betas!r} must be a tuple of {count} numbers in [0, 1)")
+    for i, b in enumerate(betas):
+        check_hyper(f"betas[{i}]", b, below_one=True)
+    return tuple(float(b) for b in betas)
+
+
+class KbitOptimizer(torch.optim.Optimizer):
+    """Base of every kbit optimizer. Subclasses set `kind` and implement `hyper(group)`."""
+
+    kind: int = _update.ADAM
+    beta_count: int = 2
+
+    def __init__(self, params, defaults: dict, *, optim_bits: int = 32, min_8bit_size: int = 4096,
+                 is_paged: bool = False):
+        if optim_bits not in (8, 32) or isinstance(optim_bits, bool):
+            raise _errors.KbitValueError(f"optim_bits={optim_bits!r}; use 8 (blockwise 8-bit states) or 32")
+        if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int) or min_8bit_size < 0:
+            raise _errors.KbitValueError(f"min_8bit_size={min_8bit_size!r} must be an int >= 0")
+        self.check_group(defaults)
+        super().__init__(params, defaults)
+        self.optim_bits, self.min_8bit_size, self.is_paged = optim_bits, min_8bit_size, bool(is_paged)
+        self._paging_warned = False
+        for group in self.param_groups:
+            self.check_group(group)
+            for p in group["params"]:
+                self._check_dtype(p)
+
+    # ------------------------------------------------------------------ hooks for subclasses
+
+    def hyper(self, group: dict) -> _update.Hyper:
+        """The kernel's hyperparameters from a param group."""
+        b1, b2 = group["betas"][0], group["betas"][1]
+        return _update.Hyper(group["lr"], b1, b2, 0.0, 0.0, group["eps"], group["weight_decay"])
+
+    def check_group(self, group: dict) -> None:
+        """Refuse bad hyperparameters (bitsandbytes' checks: lr, eps, weight_decay >= 0; betas in [0, 1))."""
+        check_hyper("lr", group["lr"])
+        check_hyper("eps", group["eps"])
+        check_hyper("weight_decay", group["weight_decay"])
+        check_betas(group["betas"], self.beta_count)
+
+    # ------------------------------------------------------------------ checks
+
+    @staticmethod
+    def _check_dtype(p: torch.Tensor) -> None:
+        if p.dtype not in _SUPPORTED:
+            raise _errors.KbitValueError(
+                f"a parameter has dtype {p.dtype}; kbit optimizers update torch.float32, torch.float16 and "
+                f"torch.bfloat16 parameters. fix: convert the model (e.g. model.float()) or use torch.optim")
+
+    def _check_grad(self, p: torch.Tensor) -> torch.Tensor:
+        g = p.grad
+        if g.is_sparse:
+            raise _errors.KbitValueError(
+                "a parameter has a sparse gradient; kbit optimizers need dense gradients. fix: use "
+                "torch.optim.SparseAdam for sparse embeddings, or nn.Embedding(sparse=False)")
+        self._check_dtype(p)
+        if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
+            raise _errors.KbitValueError(
+                f"a gradient is {g.dtype} {tuple(g.shape)} on {g.device} but its parameter is {p.dtype} "
+                f"{tuple(p.shape)} on {p.device}; they must agree")
+        return g.contiguous()
+
+    # ------------------------------------------------------------------ state
+
+    def _zeros(self, p: torch.Tensor, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        if self.is_paged and p.device.type == "cuda" and p.numel() >= _paged.MIN_PAGED_NUMEL:
+            return _paged.managed_zeros(p, shape, dtype)
+        return torch.zeros(shape, dtype=dtype, device=p.device)
+
+    def _warn_paging_on_cpu(self, p: torch.Tensor) -> None:
+        if self.is_paged and p.device.type == "cpu" and not self._paging_warned:
+            self._paging_warned = True
+            warnings.warn(f"{type(self).__name__}: paging has no effect on CPU parameters (paged states live in "
+                          f"CUDA managed memory); this optimizer runs as the unpaged one", stacklevel=3)
+
+    def init_state(self, p: torch.Tensor, state: dict) -> None:
+        """Zero states in the 8-bit form (optim_bits == 8 and numel >= min_8bit_size) or the 32-bit form."""
+        self._warn_paging_on_cpu(p)
+        n = p.numel()
+        two = self.kind in _update.TWO_STATE
+        shape1 = (2, *p.shape) if self.kind == _update.ADEMAMIX else tuple(p.shape)
+        state["step"] = 0
+        if self.optim_bits == 8 and n >= self.min_8bit_size:
+            blocks = -(-n // _update.BLOCKSIZE)
+            state["state1"] = self._zeros(p, shape1, torch.uint8)
+            state["qmap1"] = create_dynamic_map(True).to(p.device)
+            state["absmax1"] = torch.zeros((2, blocks) if self.kind == _update.ADEMAMIX else (blocks,),
+                                           dtype=torch.float32, device=p.device)
+            if two:
+                state["state2"] = self._zeros(p, tuple(p.shape), torch.uint8)
+                state["qmap2"] = create_dynamic_map(False).to(p.device)
+                state["absmax2"] = torch.zeros((blocks,), dtype=torch.float32, device=p.device)
+        else:
+            state["state1"] = self._zeros(p, shape1, torch.float32)
+            if two:
+                state["state2"] = self._zeros(p, tuple(p.shape), torch.float32)
+
+    def check_state(self, p: torch.Tensor, state: dict) -> None:
+        """Refuse a state that does not belong to p (e.g. a state_dict of another model) with the reason."""
+        n = p.numel()
+        two = self.kind in _update.TWO_STATE
+        n1 = 2 * n if self.kind == _update.ADEMAMIX else n
+        names = ("state1", "state2") if two else ("state1",)
+        problems = [f"'{k}' is missing" for k in ("step",) + names if k not in state]
+        if not problems:
+            eight = state["state1"].dtype == torch.uint8
+            expected = torch.uint8 if eight else torch.float32
+            for k in names:
+                want = n1 if k == "state1" else n
+                if state[k].dtype != expected or state[k].numel() != want:
+                    problems.append(f"'{k}' is {state[k].dtype} with {state[k].numel()} elements, expected "
+                                    f"{expected} with {want}")
+            if eight:
+                problems += self._check_8bit_extras(state, n, two)
+        if problems:
+            raise _errors.KbitValueError(
+                f"the optimizer state of a parameter of shape {tuple(p.shape)} does not fit {type(self).__name__}: "
+                f"{'; '.join(problems)}. fix: load a state_dict saved by the same optimizer class for the same model")
+
+    def _check_8bit_extras(self, state: dict, n: int, two: bool) -> list[str]:
+        blocks = -(-n // _update.BLOCKSIZE)
+        problems = []
+        checks = [("absmax1", blocks * (2 if self.kind == _update.ADEMAMIX else 1), "qmap1", True)]
+        if two:
+            checks.append(("absmax2", blocks, "qmap2", False))
+        for absmax, count, qmap, signed in checks:
+            a = state.get(absmax)
+            if a is None or a.dtype != torch.float32 or a.numel() != count:
+                problems.append(f"'{absmax}' must be {count} float32 values")
+            q = state.get(qmap)
+            if q is not None and not torch.equal(q.detach().cpu().float(), create_dynamic_map(signed)):
+                problems.append(f"'{qmap}' is not the {'signed' if signed else 'unsigned'} dynamic map; kbit's "
+                                f"kernels use that map only")
+        return problems
+
+    def _state_to_device(self, p: torch.Tensor, state: dict) -> None:
+        """Move state to p's device, keeping dtypes (bitsandbytes moves state at its first step too)."""
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.device != p.device:
+                state[k] = v.to(p.device)
+
+    # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient. Returns closure()'s loss when given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self.check_group(group)
+            h = self.hyper(group)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self._step_param(p, h)
+        return loss
+
+    def _step_param(self, p: torch.Tensor, h: _update.Hyper) -> None:
+        g = self._check_grad(p)
+        state = self.state[p]
+        if not state:
+            self.init_state(p, state)
+        self.check_state(p, state)
+        self._state_to_device(p, state)
+        state["step"] += 1
+        target = p.data if p.data.is_contiguous() else p.data.contiguous()
+        _update.update(self.kind, target, g, state, h)
+        if target is not p.data:
+            p.data.copy_(target)
+
+    # ------------------------------------------------------------------ state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load_state_dict, except that state tensors keep their dtype exactly.
+
+        torch casts floating state to the parameter's dtype (a float16 parameter would get float16 absmax
+        and 32-bit states); kbit's states are always float32 or uint8, so after torch has matched the
+        groups, every state tensor is restored from the saved one, only moved to the parameter's device.
+        """
+        saved_state = state_dict["state"]
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for old_id, p in zip(saved_ids, params):
+            if old_id not in saved_state:
+                continue
+            restored = {k: (v.detach().to(device=p.device, copy=True) if torch.is_tensor(v) else copy.deepcopy(v))
+                        for k, v in saved_state[old_id].items()}
+            self.check_state(p, restored)
+            self.state[p] = restored
