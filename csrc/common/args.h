@@ -70,6 +70,11 @@ inline int check_host_launch(void* stream, int32_t threads) {
              "a stream was passed to the CPU library; CUDA tensors must go to a CUDA variant");
   KBIT_CHECK(threads >= 1 && threads <= 4096, KBIT_ERR_INVALID_ARGUMENT,
              "num_threads = %d; pass torch.get_num_threads() (1..4096)", threads);
+  return KBIT_OK;
+}
+
+}  // namespace kbit
+
 /* ---- optimizers (csrc/numerics/optim.h) ---- */
 namespace kbit {
 
