@@ -2,6 +2,7 @@
  * the same header the CPU library runs; this file owns the kernels' data movement and launches. */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_pointer.h"
 #include "numerics/blockwise8.h"
 #include "numerics/dynamic_maps.h"
 #include "numerics/float16.h"
@@ -58,32 +59,10 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ codes, const float
     out[i] = from_float<T>(dequantize_8bit(codes[i], absmax[i >> log2_bs], s_values));
 }
 
-/* Refuse host pointers with words instead of an illegal-address error later; also the first call that
- * tells "no driver" from "no device". */
-int check_device_pointer(const void* ptr, const char* name) {
-  cudaPointerAttributes attr{};
-  KBIT_CUDA_CHECK(cudaPointerGetAttributes(&attr, ptr));
-  KBIT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, KBIT_ERR_INVALID_ARGUMENT,
-             "%s is not device memory (cudaMemoryType %d); CPU tensors go to libkbit_cpu", name,
-             static_cast<int>(attr.type));
-  int current = 0;
-  KBIT_CUDA_CHECK(cudaGetDevice(&current));
-  KBIT_CHECK(attr.type == cudaMemoryTypeManaged || attr.device == current, KBIT_ERR_INVALID_ARGUMENT,
-             "%s is on device %d but the current device is %d; make the tensor's device current first "
-             "(torch.cuda.device(tensor.device))", name, attr.device, current);
-  return KBIT_OK;
-}
-
 int check_pointers(const void* a, const char* an, const void* b, const char* bn, const void* c, const char* cn) {
-  if (int s = check_device_pointer(a, an)) return s;
-  if (int s = check_device_pointer(b, bn)) return s;
-  return check_device_pointer(c, cn);
-}
-
-int log2_of(int32_t pow2) {
-  int r = 0;
-  while ((1 << r) < pow2) ++r;
-  return r;
+  if (int s = check_device_memory(a, an)) return s;
+  if (int s = check_device_memory(b, bn)) return s;
+  return check_device_memory(c, cn);
 }
 
 template <class T>
@@ -101,7 +80,7 @@ template <class T>
 int launch_dequantize(const uint8_t* codes, const float* absmax, void* out, int64_t n, int32_t bs, cudaStream_t stream) {
   const int64_t wanted = (n + kMaxThreads * kDequantPerThread - 1) / (kMaxThreads * kDequantPerThread);
   const unsigned grid = static_cast<unsigned>(wanted < 65535 * 8 ? wanted : 65535 * 8);
-  dequantize_kernel<T><<<grid, kMaxThreads, 0, stream>>>(codes, absmax, static_cast<T*>(out), n, log2_of(bs));
+  dequantize_kernel<T><<<grid, kMaxThreads, 0, stream>>>(codes, absmax, static_cast<T*>(out), n, log2_pow2(bs));
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
 }

@@ -4,6 +4,7 @@
  * the memory traffic. Pointers may be device or managed memory (paged optimizers). */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_pointer.h"
 #include "numerics/dynamic_maps.h"
 #include "numerics/float16.h"
 #include "numerics/optim.h"
@@ -109,21 +110,8 @@ __global__ void __launch_bounds__(kOptimBlock) optim8_kernel(int32_t kind, T* __
   }
 }
 
-/* Device or managed memory of the current device; words instead of an illegal-address error later. */
-int check_optim_pointer(const void* ptr, const char* name) {
-  if (ptr == nullptr) return KBIT_OK;  // absent optional states were checked by the argument checks
-  cudaPointerAttributes attr{};
-  KBIT_CUDA_CHECK(cudaPointerGetAttributes(&attr, ptr));
-  KBIT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, KBIT_ERR_INVALID_ARGUMENT,
-             "%s is not device or managed memory (cudaMemoryType %d); CPU tensors go to libkbit_cpu", name,
-             static_cast<int>(attr.type));
-  int current = 0;
-  KBIT_CUDA_CHECK(cudaGetDevice(&current));
-  KBIT_CHECK(attr.type == cudaMemoryTypeManaged || attr.device == current, KBIT_ERR_INVALID_ARGUMENT,
-             "%s is on device %d but the current device is %d; make the tensor's device current first "
-             "(torch.cuda.device(tensor.device))", name, attr.device, current);
-  return KBIT_OK;
-}
+/* Device or managed memory of the current device (absent optional states were checked by the argument checks). */
+int check_optim_pointer(const void* ptr, const char* name) { return ptr == nullptr ? KBIT_OK : check_device_memory(ptr, name); }
 
 int check_optim_pointers(const void* const* ptrs, const char* const* names, int count) {
   for (int i = 0; i < count; ++i)
