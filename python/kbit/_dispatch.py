@@ -1,7 +1,8 @@
 """Which native library serves a tensor, and the launch arguments that go with it.
 
 This module owns the mapping tensor -> (library, stream, thread count) used by kbit.functional, kbit.optim
-and kbit.nn. CPU tensors always go to libkbit_cpu; CUDA tensors go to the CUDA variant kbit._runtime selects (which also
+and kbit.nn, and making the tensor's GPU the current device for the call (the C ABI works on the current
+device; torch's current device may be another, e.g. cuda:0 while a model lives on cuda:1). CPU tensors always go to libkbit_cpu; CUDA tensors go to the CUDA variant kbit._runtime selects (which also
 checks that the tensor's GPU is covered). It does not gather facts or choose variants itself.
 """
 from __future__ import annotations
@@ -39,3 +40,11 @@ def threads() -> int:
 def ptr(t: torch.Tensor) -> int | None:
     """The data pointer of a contiguous tensor for ctypes (None for an empty tensor)."""
     return t.data_ptr() or None
+
+
+def call(t: torch.Tensor, lib: _native.NativeLibrary, function: str, *args) -> None:
+    """lib.call(function, *args) with t's GPU as the current device (nothing to switch for a CPU tensor)."""
+    if t.device.type == "cuda":
+        with torch.cuda.device(t.device):
+            return lib.call(function, *args)
+    return lib.call(function, *args)

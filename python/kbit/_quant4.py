@@ -311,8 +311,8 @@ def quantize_4bit(A: torch.Tensor, blocksize: int = 64, quant_type: str = "nf4",
     n = src.numel()
     packed = torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device=A.device)
     absmax = torch.empty(math.ceil(n / bs), dtype=torch.float32, device=A.device)
-    lib.call("kbit_quantize_4bit", dtype_id, qt, _dispatch.ptr(src), _dispatch.ptr(absmax), _dispatch.ptr(packed),
-             n, bs, _dispatch.stream_for(A), _dispatch.threads())
+    _dispatch.call(A, lib, "kbit_quantize_4bit", dtype_id, qt, _dispatch.ptr(src), _dispatch.ptr(absmax),
+                   _dispatch.ptr(packed), n, bs, _dispatch.stream_for(A), _dispatch.threads())
     code = get_4bit_type(quant_type, device=A.device)
     if compress_statistics:
         offset = absmax.mean() if absmax.numel() else torch.zeros((), device=A.device)
@@ -350,9 +350,9 @@ def dequantize_4bit(packed: torch.Tensor, quant_state: QuantState, *, out: torch
             f"out must be a contiguous {state.dtype} tensor of shape {tuple(state.shape)} on {src.device}; got "
             f"{out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
     absmax = _resolved_absmax(state)
-    lib.call("kbit_dequantize_4bit", _DTYPES[state.dtype], QUANT_TYPES[state.quant_type], _dispatch.ptr(src),
-             _dispatch.ptr(absmax), _dispatch.ptr(out), n, state.blocksize, _dispatch.stream_for(src),
-             _dispatch.threads())
+    _dispatch.call(src, lib, "kbit_dequantize_4bit", _DTYPES[state.dtype], QUANT_TYPES[state.quant_type],
+                   _dispatch.ptr(src), _dispatch.ptr(absmax), _dispatch.ptr(out), n, state.blocksize,
+                   _dispatch.stream_for(src), _dispatch.threads())
     return out
 
 
@@ -364,9 +364,10 @@ def _gemv_native(A: torch.Tensor, packed: torch.Tensor, state: QuantState, bias:
     b = None if bias is None else bias.detach().to(A.dtype).contiguous()
     absmax = _resolved_absmax(state)
     lib = _dispatch.library_for(A, "A")
-    lib.call("kbit_gemv_4bit", _DTYPES[A.dtype], QUANT_TYPES[state.quant_type], _dispatch.ptr(a), _dispatch.ptr(packed),
-             _dispatch.ptr(absmax), None if b is None else _dispatch.ptr(b), _dispatch.ptr(out), rows, out_features,
-             in_features, state.blocksize, _dispatch.stream_for(A), _dispatch.threads())
+    _dispatch.call(A, lib, "kbit_gemv_4bit", _DTYPES[A.dtype], QUANT_TYPES[state.quant_type], _dispatch.ptr(a),
+                   _dispatch.ptr(packed), _dispatch.ptr(absmax), None if b is None else _dispatch.ptr(b),
+                   _dispatch.ptr(out), rows, out_features, in_features, state.blocksize, _dispatch.stream_for(A),
+                   _dispatch.threads())
     return out
 
 

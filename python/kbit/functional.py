@@ -91,7 +91,7 @@ def quantize_blockwise(A: torch.Tensor, blocksize: int = 4096) -> tuple[torch.Te
     n = src.numel()
     codes = torch.empty(A.shape, dtype=torch.uint8, device=A.device)
     absmax = torch.empty((n + bs - 1) // bs, dtype=torch.float32, device=A.device)
-    lib.call("kbit_quantize_blockwise_8bit", dtype_id, _dispatch.ptr(src), _dispatch.ptr(absmax),
+    _dispatch.call(A, lib, "kbit_quantize_blockwise_8bit", dtype_id, _dispatch.ptr(src), _dispatch.ptr(absmax),
              _dispatch.ptr(codes), n, bs, _dispatch.stream_for(A), _dispatch.threads())
     return codes, BlockwiseQuantState(absmax, _map(True).to(A.device, copy=True), bs, A.dtype, A.shape)
 
@@ -138,7 +138,7 @@ def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out
             f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
     src = codes.contiguous()
     absmax = state.absmax.contiguous()
-    lib.call("kbit_dequantize_blockwise_8bit", _DTYPES[state.dtype], _dispatch.ptr(src), _dispatch.ptr(absmax),
+    _dispatch.call(codes, lib, "kbit_dequantize_blockwise_8bit", _DTYPES[state.dtype], _dispatch.ptr(src), _dispatch.ptr(absmax),
              _dispatch.ptr(out), src.numel(), state.blocksize, _dispatch.stream_for(codes), _dispatch.threads())
     return out
 

@@ -62,7 +62,7 @@ def update(kind: int, p: torch.Tensor, g: torch.Tensor, state: dict, h: Hyper, g
     common = (kind, DTYPE_IDS[p.dtype], _ptr(p), _ptr(g))
     tail = _scalars(kind, h, state["step"], gnorm_scale) + (_dispatch.stream_for(p), _dispatch.threads())
     if s1.dtype == torch.uint8:
-        lib.call("kbit_optimizer_update_8bit_blockwise", *common, _ptr(s1), _ptr(s2), _ptr(state["absmax1"]),
-                 _ptr(state.get("absmax2")), p.numel(), *tail)
+        _dispatch.call(p, lib, "kbit_optimizer_update_8bit_blockwise", *common, _ptr(s1), _ptr(s2),
+                       _ptr(state["absmax1"]), _ptr(state.get("absmax2")), p.numel(), *tail)
     else:
-        lib.call("kbit_optimizer_update_32bit", *common, _ptr(s1), _ptr(s2), p.numel(), *tail)
+        _dispatch.call(p, lib, "kbit_optimizer_update_32bit", *common, _ptr(s1), _ptr(s2), p.numel(), *tail)
