@@ -21,7 +21,7 @@ def show_config(*, json: bool = False, self_test: bool = True) -> int:
     return _diagnose.exit_code(report.findings)
 
 
-__all__ = ["functional", "nn", "show_config", "__version__", "KbitError", "KbitValueError", "KbitWarning",
+__all__ = ["functional", "nn", "optim", "show_config", "__version__", "KbitError", "KbitValueError", "KbitWarning",
            "BadOverrideError", "BackendUnavailableError", "VariantNotBundledError", "CudaVersionMismatchError",
            "ArchNotCoveredError", "DriverTooOldError", "DriverNotFoundError", "LibraryLoadError", "GlibcTooOldError",
            "AbiMismatchError", "StaleImportError", "SelfTestError", "NativeError", "NativeArgumentError",
