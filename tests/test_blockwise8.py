@@ -304,3 +304,19 @@ def test_cuda_round_trip_matches_the_cpu_bits():
     c_gpu, s_gpu = F.quantize_blockwise(A.cuda(), blocksize=256)
     assert torch.equal(c_gpu.cpu(), c_cpu) and torch.equal(s_gpu.absmax.cpu(), s_cpu.absmax)
     assert torch.equal(F.dequantize_blockwise(c_gpu, s_gpu).cpu(), F.dequantize_blockwise(c_cpu, s_cpu))
+
+
+@pytest.mark.parametrize("blocksize", [64, 256, 4096])
+def test_large_float_outputs_streamed_past_the_cache_have_the_same_bits(blocksize):
+    # outputs of 16 MiB or more are written with non-temporal stores (and, for blocks >= 256, a per-block
+    # table of the 256 possible values): compare with the same codes dequantized in small pieces
+    x = torch.randn((1 << 22) + 13, generator=torch.Generator().manual_seed(blocksize))
+    x[5 * blocksize + 3], x[9 * blocksize] = math.inf, math.nan
+    codes, state = F.quantize_blockwise(x, blocksize=blocksize)
+    whole = F.dequantize_blockwise(codes, state)
+    piece = 1 << 16  # a multiple of every blocksize
+    parts = [F.dequantize_blockwise(codes[i:i + piece], F.BlockwiseQuantState(
+        state.absmax[i // blocksize:(i + piece) // blocksize], state.code, blocksize, x.dtype, codes[i:i + piece].shape))
+        for i in range(0, codes.numel(), piece)]
+    assert torch.equal(whole.view(torch.int32), torch.cat(parts).view(torch.int32))
+    assert torch.isnan(whole[5 * blocksize]).item() and torch.isnan(whole[9 * blocksize + 1]).item()

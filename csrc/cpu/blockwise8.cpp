@@ -2,7 +2,10 @@
  * The math is numerics/blockwise8.h; this file owns only the loops over blocks and their threading
  * (OpenMP across blocks, with the thread count the caller passes). */
 #include "common/args.h"
+#include <type_traits>
+
 #include "common/host_tables.h"
+#include "cpu/simd4.h"
 #include "numerics/blockwise8.h"
 #include "numerics/float16.h"
 
@@ -50,16 +53,62 @@ void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_
   }
 }
 
+constexpr int64_t kStreamingBytes = int64_t{16} << 20;  // float outputs above this bypass the cache
+
+#if KBIT_X86_DISPATCH
+/* The finite-scale part of a float block with non-temporal stores (SSE, in the x86-64 baseline): a large
+ * output is not read into the cache before it is written, which is what holds a plain loop below copy speed.
+ * Blocks of 256 or more first tabulate their 256 possible outputs (values[c] * scale, the multiply of
+ * dequantize_8bit, so the same bits) and then only look up; shorter blocks multiply per element.
+ * Returns how many elements it wrote; the caller's loop does the rest. */
+int64_t stream_block(const uint8_t* codes, float* out, int64_t len, float scale) {
+  if (!is_finite_scale(scale)) return 0;
+  int64_t i = 0;
+  for (; i < len && (reinterpret_cast<uintptr_t>(out + i) & 15u) != 0; ++i)
+    out[i] = dequantize_8bit(codes[i], scale, kSignedValues);
+  if (len < 256) {
+    const __m128 s = _mm_set1_ps(scale);
+    for (; i + 4 <= len; i += 4) {
+      const uint8_t* k = codes + i;
+      const __m128 v = _mm_setr_ps(kSignedValues[k[0]], kSignedValues[k[1]], kSignedValues[k[2]], kSignedValues[k[3]]);
+      _mm_stream_ps(out + i, _mm_mul_ps(v, s));
+    }
+    return i;
+  }
+  alignas(64) float scaled[256];
+  for (int c = 0; c < 256; ++c) scaled[c] = kSignedValues[c] * scale;
+  for (; i + 8 <= len; i += 8) {
+    const uint8_t* k = codes + i;
+    _mm_stream_ps(out + i, _mm_setr_ps(scaled[k[0]], scaled[k[1]], scaled[k[2]], scaled[k[3]]));
+    _mm_stream_ps(out + i + 4, _mm_setr_ps(scaled[k[4]], scaled[k[5]], scaled[k[6]], scaled[k[7]]));
+  }
+  return i;
+}
+#endif
+
 template <class T>
 void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_t n, int32_t bs, int32_t threads) {
   const int64_t blocks = block_count(n, bs);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t start = b * bs;
-    const int64_t len = n - start < bs ? n - start : bs;
-    const float scale = absmax[b];
-    for (int64_t i = 0; i < len; ++i)
-      out[start + i] = from_float<T>(dequantize_8bit(codes[start + i], scale, kSignedValues));
+  const bool streaming = std::is_same<T, float>::value && n * static_cast<int64_t>(sizeof(T)) >= kStreamingBytes;
+  (void)streaming;  // only the x86 path streams
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t start = b * bs;
+      const int64_t len = n - start < bs ? n - start : bs;
+      const float scale = absmax[b];
+      int64_t i = 0;
+#if KBIT_X86_DISPATCH
+      if constexpr (std::is_same<T, float>::value) {
+        if (streaming) i = stream_block(codes + start, out + start, len, scale);
+      }
+#endif
+      for (; i < len; ++i) out[start + i] = from_float<T>(dequantize_8bit(codes[start + i], scale, kSignedValues));
+    }
+#if KBIT_X86_DISPATCH
+    if (streaming) _mm_sfence();  // this thread's streamed stores are visible before the region ends
+#endif
   }
 }
 
