@@ -6,7 +6,8 @@ This module owns `nox -s bench`: it times, on one size x size float32 tensor (de
  - one optimizer step of AdamW8bit and AdamW32bit, beside torch.optim.AdamW's step on the same parameter,
  - the same operations in bitsandbytes when it is importable in the environment,
 and prints the median of `--repeats` timed runs (after one warm-up) with throughput and the targets of
-issue 3. Bytes are counted as stated on each line: quantize counts the float32 input read, dequantize
+issue 3. The runs are round-robin (one call of every operation per round), so a burst of load from
+elsewhere on the machine hits the operations being compared alike. Bytes are counted as stated on each line: quantize counts the float32 input read, dequantize
 the output written, copy the bytes written. It reports figures; it does not fail on a missed target
 unless --check is given. It does not run in the test suite (tests/test_bench.py runs it on a tiny size).
 
@@ -40,97 +41,99 @@ class Row:
     verdict: str = ""
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` calls after one warm-up call."""
-    fn()
-    times = []
+@dataclass
+class Op:
+    """One operation to time: a call, and how its throughput is counted."""
+
+    library: str
+    operation: str
+    fn: Callable[[], object]
+    nbytes: int | None = None
+    counted: str = ""
+
+
+def round_robin(ops: list[Op], repeats: int) -> list[Row]:
+    """Median wall time of each op over `repeats` rounds, each round calling every op once, after a warm-up."""
+    for op in ops:
+        op.fn()
+    times: list[list[float]] = [[] for _ in ops]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for op, bucket in zip(ops, times):
+            start = time.perf_counter()
+            op.fn()
+            bucket.append(time.perf_counter() - start)
+    return [_row(op, statistics.median(bucket)) for op, bucket in zip(ops, times)]
 
 
-def _row(library: str, operation: str, seconds: float, nbytes: int | None, counted: str) -> Row:
-    gbps = nbytes / seconds / 1e9 if nbytes else None
-    return Row(library, operation, seconds * 1e3, gbps, counted)
+def _row(op: Op, seconds: float) -> Row:
+    gbps = op.nbytes / seconds / 1e9 if op.nbytes else None
+    return Row(op.library, op.operation, seconds * 1e3, gbps, op.counted)
 
 
-def measure_copy(torch, x, repeats: int) -> Row:
+def copy_op(torch, x) -> Op:
     dst = torch.empty_like(x)
-    return _row("torch", "copy_ (preallocated)", median_seconds(lambda: dst.copy_(x), repeats), x.numel() * 4,
-                "bytes written")
+    return Op("torch", "copy_ (preallocated)", lambda: dst.copy_(x), x.numel() * 4, "bytes written")
 
 
-def measure_kbit_quant(torch, x, repeats: int) -> list[Row]:
+def kbit_quant_ops(torch, x) -> list[Op]:
     import kbit.functional as F
 
-    nbytes = x.numel() * 4
-    rows = []
+    nbytes, out = x.numel() * 4, torch.empty_like(x)
     codes, state = F.quantize_blockwise(x)
-    out = torch.empty_like(x)
-    rows.append(_row("kbit", "quantize_blockwise (8-bit, bs 4096)",
-                     median_seconds(lambda: F.quantize_blockwise(x), repeats), nbytes, "fp32 input read"))
-    rows.append(_row("kbit", "dequantize_blockwise (8-bit, bs 4096)",
-                     median_seconds(lambda: F.dequantize_blockwise(codes, state, out=out), repeats), nbytes,
-                     "fp32 output written"))
+    ops = [Op("kbit", "quantize_blockwise (8-bit, bs 4096)", lambda: F.quantize_blockwise(x), nbytes, "fp32 input read"),
+           Op("kbit", "dequantize_blockwise (8-bit, bs 4096)", lambda: F.dequantize_blockwise(codes, state, out=out),
+              nbytes, "fp32 output written")]
     for quant_type in ("nf4", "fp4"):
         packed, qstate = F.quantize_4bit(x, blocksize=64, quant_type=quant_type)
-        rows.append(_row("kbit", f"quantize_4bit ({quant_type}, bs 64)",
-                         median_seconds(lambda: F.quantize_4bit(x, blocksize=64, quant_type=quant_type), repeats),
-                         nbytes, "fp32 input read"))
-        rows.append(_row("kbit", f"dequantize_4bit ({quant_type}, bs 64)",
-                         median_seconds(lambda: F.dequantize_4bit(packed, qstate, out=out), repeats), nbytes,
-                         "fp32 output written"))
-    return rows
+        ops.append(Op("kbit", f"quantize_4bit ({quant_type}, bs 64)",
+                      lambda q=quant_type: F.quantize_4bit(x, blocksize=64, quant_type=q), nbytes, "fp32 input read"))
+        ops.append(Op("kbit", f"dequantize_4bit ({quant_type}, bs 64)",
+                      lambda p=packed, s=qstate: F.dequantize_4bit(p, s, out=out), nbytes, "fp32 output written"))
+    return ops
 
 
-def _optimizer_step_seconds(torch, make: Callable, size: int, repeats: int) -> float:
+def _optimizer_step(torch, make: Callable, size: int) -> Callable[[], object]:
     gen = torch.Generator().manual_seed(0)
     param = torch.nn.Parameter(torch.randn(size, size, generator=gen))
     param.grad = torch.randn(size, size, generator=gen) * 1e-3
-    opt = make([param])
-    return median_seconds(opt.step, repeats)
+    return make([param]).step
 
 
-def measure_optimizers(torch, size: int, repeats: int) -> list[Row]:
+def optimizer_ops(torch, size: int) -> list[Op]:
     import kbit.optim
 
-    makers = [("torch", "AdamW step (fp32 state, foreach)", lambda p: torch.optim.AdamW(p, lr=1e-3)),
-              ("kbit", "AdamW8bit step", lambda p: kbit.optim.AdamW8bit(p, lr=1e-3)),
-              ("kbit", "AdamW32bit step", lambda p: kbit.optim.AdamW32bit(p, lr=1e-3))]
-    return [_row(lib, op, _optimizer_step_seconds(torch, make, size, repeats), None, "")
-            for lib, op, make in makers]
+    return [Op("torch", "AdamW step (fp32 state, foreach)", _optimizer_step(torch, lambda p: torch.optim.AdamW(p, lr=1e-3), size)),
+            Op("kbit", "AdamW8bit step", _optimizer_step(torch, lambda p: kbit.optim.AdamW8bit(p, lr=1e-3), size)),
+            Op("kbit", "AdamW32bit step", _optimizer_step(torch, lambda p: kbit.optim.AdamW32bit(p, lr=1e-3), size))]
 
 
-def measure_bitsandbytes(torch, x, size: int, repeats: int) -> list[Row]:
-    """bitsandbytes' figures for the same operations, when it is installed; a failing operation is reported."""
+def _not_measured(what: str, exc: Exception) -> Row:
+    return Row("bitsandbytes", f"{what} not measured: {type(exc).__name__}: {exc}", float("nan"), None, "")
+
+
+def bitsandbytes_ops(torch, x, size: int) -> tuple[list[Op], list[Row]]:
+    """bitsandbytes' versions of the same operations when it is installed, or rows saying why not."""
     try:
         import bitsandbytes as bnb
         import bitsandbytes.functional as BF
-    except Exception as exc:  # not installed, or broken: say which
-        return [Row("bitsandbytes", f"not measured: {type(exc).__name__}: {exc}", float("nan"), None, "")]
-    nbytes = x.numel() * 4
-    ops: list[tuple[str, Callable[[], object], int | None, str]] = []
-    try:
+
         codes, state = BF.quantize_blockwise(x)
         packed, qstate = BF.quantize_4bit(x, blocksize=64, quant_type="nf4")
-        ops += [("quantize_blockwise (8-bit)", lambda: BF.quantize_blockwise(x), nbytes, "fp32 input read"),
-                ("dequantize_blockwise (8-bit)", lambda: BF.dequantize_blockwise(codes, state), nbytes,
-                 "fp32 output written"),
-                ("quantize_4bit (nf4, bs 64)", lambda: BF.quantize_4bit(x, blocksize=64, quant_type="nf4"), nbytes,
-                 "fp32 input read"),
-                ("dequantize_4bit (nf4, bs 64)", lambda: BF.dequantize_4bit(packed, qstate), nbytes,
-                 "fp32 output written")]
-    except Exception as exc:
-        return [Row("bitsandbytes", f"not measured: {type(exc).__name__}: {exc}", float("nan"), None, "")]
-    rows = [_row("bitsandbytes", op, median_seconds(fn, repeats), nb, counted) for op, fn, nb, counted in ops]
+    except Exception as exc:  # not installed, or broken: say which
+        return [], [_not_measured("bitsandbytes", exc)]
+    nbytes = x.numel() * 4
+    ops = [Op("bitsandbytes", "quantize_blockwise (8-bit)", lambda: BF.quantize_blockwise(x), nbytes, "fp32 input read"),
+           Op("bitsandbytes", "dequantize_blockwise (8-bit)", lambda: BF.dequantize_blockwise(codes, state), nbytes,
+              "fp32 output written"),
+           Op("bitsandbytes", "quantize_4bit (nf4, bs 64)", lambda: BF.quantize_4bit(x, blocksize=64, quant_type="nf4"),
+              nbytes, "fp32 input read"),
+           Op("bitsandbytes", "dequantize_4bit (nf4, bs 64)", lambda: BF.dequantize_4bit(packed, qstate), nbytes,
+              "fp32 output written")]
     try:
-        rows.append(_row("bitsandbytes", "AdamW8bit step", _optimizer_step_seconds(
-            torch, lambda p: bnb.optim.AdamW8bit(p, lr=1e-3), size, repeats), None, ""))
+        ops.append(Op("bitsandbytes", "AdamW8bit step", _optimizer_step(torch, lambda p: bnb.optim.AdamW8bit(p, lr=1e-3), size)))
     except Exception as exc:
-        rows.append(Row("bitsandbytes", f"AdamW8bit not measured: {type(exc).__name__}: {exc}", float("nan"), None, ""))
-    return rows
+        return ops, [_not_measured("AdamW8bit", exc)]
+    return ops, []
 
 
 def judge(rows: list[Row], copy: Row) -> None:
@@ -173,9 +176,10 @@ def run(size: int, repeats: int, threads: int | None) -> tuple[dict, list[Row]]:
     header = {"size": f"{size}x{size}", "dtype": "float32", "threads": torch.get_num_threads(),
               "repeats": repeats, "statistic": "median", "torch": torch.__version__, "kbit": kbit.__version__,
               "cpu": platform.processor() or platform.machine()}
-    copy = measure_copy(torch, x, repeats)
-    rows = [copy] + measure_kbit_quant(torch, x, repeats) + measure_optimizers(torch, size, repeats)
-    rows += measure_bitsandbytes(torch, x, size, repeats)
+    bnb_ops, bnb_missing = bitsandbytes_ops(torch, x, size)
+    ops = [copy_op(torch, x)] + kbit_quant_ops(torch, x) + optimizer_ops(torch, size) + bnb_ops
+    rows = round_robin(ops, repeats) + bnb_missing
+    copy = rows[0]
     judge(rows, copy)
     return header, rows
 
@@ -183,7 +187,7 @@ def run(size: int, repeats: int, threads: int | None) -> tuple[dict, list[Row]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096, help="the tensor is size x size float32 (default 4096)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per operation; the median is shown")
+    parser.add_argument("--repeats", type=int, default=11, help="timed runs per operation; the median is shown")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--check", action="store_true", help="exit 1 when a kbit target is missed")

@@ -86,10 +86,22 @@ inline int32_t magnitude_i32(float x) { return static_cast<int32_t>(float_bits(x
 inline void requantize_codes(const float* s, int len, float absmax, float inv, const MapView& map, bool is_signed,
                              uint8_t* codes) {
   if (is_finite_scale(absmax) && !(inv > kFloatMax)) {
+    // every s[i] is finite here (a NaN would have made absmax NaN), so s[i] * inv is never NaN and the
+    // bucketed search needs neither its NaN select nor the halving fallback: its table load and comparison
+    const uint8_t* buckets = map.buckets;
+    const float* above = map.above;
     if (is_signed) {
-      for (int i = 0; i < len; ++i) codes[i] = sign_fixed(nearest_code(s[i] * inv, map), s[i], map);
+      for (int i = 0; i < len; ++i) {
+        const float x = s[i] * inv;
+        const int c = buckets[float_bits(x) >> 16];
+        codes[i] = sign_fixed(static_cast<uint8_t>(c + static_cast<int>(x > above[c])), s[i], map);
+      }
     } else {
-      for (int i = 0; i < len; ++i) codes[i] = nearest_code(s[i] * inv, map);
+      for (int i = 0; i < len; ++i) {
+        const float x = s[i] * inv;
+        const int c = buckets[float_bits(x) >> 16];
+        codes[i] = static_cast<uint8_t>(c + static_cast<int>(x > above[c]));
+      }
     }
   } else if (is_signed) {
     for (int i = 0; i < len; ++i) codes[i] = requantize_signed(s[i], absmax, inv, map);
