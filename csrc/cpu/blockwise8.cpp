@@ -36,7 +36,14 @@ void quantize_block(const T* in, uint8_t* out, int64_t len, float absmax, const 
     for (int64_t i = 0; i < len; ++i) out[i] = nearest_code_bucketed(to_float(in[i]) / absmax, map.buckets, map.above);
     return;
   }
-  for (int64_t i = 0; i < len; ++i) out[i] = nearest_code_bucketed(to_float(in[i]) * inv, map.buckets, map.above);
+  // a finite absmax means no NaN in the block, so x is never NaN: the table load and the comparison suffice
+  const uint8_t* buckets = map.buckets;
+  const float* above = map.above;
+  for (int64_t i = 0; i < len; ++i) {
+    const float x = to_float(in[i]) * inv;
+    const int c = buckets[float_bits(x) >> 16];
+    out[i] = static_cast<uint8_t>(c + static_cast<int>(x > above[c]));
+  }
 }
 
 template <class T>
