@@ -3,6 +3,9 @@ same numbers in both libraries. Skipped on a developer machine without bitsandby
 `test` extra), where a missing bitsandbytes fails instead of skipping."""
 from __future__ import annotations
 
+import platform
+import sys
+
 import pytest
 import torch
 
@@ -19,6 +22,8 @@ else:
 
 @pytest.fixture(scope="module")
 def bnb():
+    if platform.machine() not in ("x86_64", "AMD64") or sys.platform == "darwin":
+        pytest.skip("the test extra installs bitsandbytes on x86-64 Linux and Windows only")
     require_tool(f"bitsandbytes ({_IMPORT_ERROR})", BF)
     return BF
 
