@@ -320,3 +320,30 @@ def test_large_float_outputs_streamed_past_the_cache_have_the_same_bits(blocksiz
         for i in range(0, codes.numel(), piece)]
     assert torch.equal(whole.view(torch.int32), torch.cat(parts).view(torch.int32))
     assert torch.isnan(whole[5 * blocksize]).item() and torch.isnan(whole[9 * blocksize + 1]).item()
+
+
+def test_an_out_sharing_memory_with_the_inputs_is_refused():
+    x = torch.randn(100, 70)
+    codes, state = F.quantize_blockwise(x, blocksize=64)
+    buf = torch.zeros(28000, dtype=torch.uint8)
+    aliased = buf[:7000].view(100, 70)
+    aliased.copy_(codes)
+    with pytest.raises(kbit.KbitValueError, match="out shares memory with codes"):
+        F.dequantize_blockwise(aliased, state, out=buf.view(torch.float32).view(100, 70))
+    absmax_home = torch.zeros(7000)
+    in_absmax = F.BlockwiseQuantState(absmax_home[6000:6000 + state.absmax.numel()], state.code, 64, x.dtype, x.shape)
+    in_absmax.absmax.copy_(state.absmax)
+    with pytest.raises(kbit.KbitValueError, match="out shares memory with absmax"):
+        F.dequantize_blockwise(codes, in_absmax, out=absmax_home.view(100, 70))
+    separate = torch.empty(100, 70)
+    assert F.dequantize_blockwise(codes, state, out=separate) is separate
+    # parts of one buffer that do not overlap are fine
+    home = torch.zeros(7000 + state.absmax.numel())
+    home[7000:].copy_(state.absmax)
+    beside = F.BlockwiseQuantState(home[7000:], state.code, 64, x.dtype, x.shape)
+    assert torch.equal(F.dequantize_blockwise(codes, beside, out=home[:7000].view(100, 70)), separate)
+
+
+def test_sparse_input_is_refused_with_the_fix():
+    with pytest.raises(kbit.KbitValueError, match=r"sparse_coo.*A\.to_dense\(\)"):
+        F.quantize_blockwise(torch.eye(64).to_sparse())

@@ -35,6 +35,14 @@ def test_text_report_on_this_machine():
     assert "result: usable (exit code 0)" in done.stdout and done.stderr == ""
 
 
+def test_a_stream_that_cannot_encode_the_report_still_gets_the_diagnosis():
+    # e.g. a Windows console or a redirected file in cp1252; here: ASCII stdout and Arabic-Indic digits
+    done = kbit_cli("--no-self-test", env={"PYTHONIOENCODING": "ascii", "BNB_CUDA_VERSION": "\u0661\u0662\u0664"})
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "\\u0661\\u0662\\u0664" in done.stdout and "BNB_CUDA_VERSION is malformed" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
 def test_json_report_on_this_machine():
     report = json.loads(kbit_cli("--json").stdout)
     assert report["usable"] is True and report["exit_code"] == 0

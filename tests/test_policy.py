@@ -100,7 +100,8 @@ CASES = [
     ("override-not-bundled-cpu-torch", machine(None), "126", kbit.VariantNotBundledError, None, [BUNDLED_TEXT]),
 ]
 BAD_OVERRIDES = ["abc", "cuda124", "12.4.1", "12,4", "1", "12", "../124", "/usr/lib/libkbit_cuda124.so", "./124",
-                 "", " ", " 124", "124 ", "12.4\n", "1" * 10_000, "-124", "1e2", "12.", ".4", "12.4a", "１２４"]
+                 "", " ", " 124", "124 ", "12.4\n", "1" * 10_000, "-124", "1e2", "12.", ".4", "12.4a", "１２４",
+                 "0124", "01.24", "12.04", "1204", "00.0"]
 
 
 def _text(decision) -> str:

@@ -17,7 +17,7 @@ def show_config(*, json: bool = False, self_test: bool = True) -> int:
     from kbit import _diagnose, _render, _report
 
     report = _report.build(self_test=self_test)
-    print(_render.as_json(report) if json else _render.text(report))
+    _render.emit(_render.as_json(report) if json else _render.text(report))
     return _diagnose.exit_code(report.findings)
 
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from kbit import _diagnose, _render, _report
 
     report = _report.build(self_test=not args.no_self_test)
-    print(_render.as_json(report) if args.json else _render.text(report))
+    _render.emit(_render.as_json(report) if args.json else _render.text(report))
     return _diagnose.exit_code(report.findings)
 
 

@@ -27,8 +27,9 @@ from kbit import _errors
 from kbit._facts import Facts, Gpu, Variant, cuda_version_text
 
 OVERRIDE_VARIABLE = "BNB_CUDA_VERSION"
-_DIGITS = re.compile(r"([0-9]{2})([0-9]{1,2})")
-_DOTTED = re.compile(r"([0-9]{2})\.([0-9]{1,2})")
+# CUDA major 10..99 and minor 0..99, without leading zeros ("0124" is not 12.4, nor is "12.04")
+_DIGITS = re.compile(r"([1-9][0-9])([0-9]|[1-9][0-9])")
+_DOTTED = re.compile(r"([1-9][0-9])\.([0-9]|[1-9][0-9])")
 
 # failure classes of a decision without a variant (the typed error kbit raises for a CUDA tensor)
 PROBLEM_ERRORS = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from kbit import _diagnose, _policy
@@ -110,3 +111,11 @@ def as_dict(report) -> dict:
 
 def as_json(report) -> str:
     return json.dumps(as_dict(report), indent=2, sort_keys=True)
+
+
+def emit(text: str, stream=None) -> None:
+    """Print a report on a stream that may not encode every character (a Windows console or a file in cp1252,
+    PYTHONIOENCODING=ascii): what cannot be encoded is written as an escape, so the diagnosis still appears."""
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    stream.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")

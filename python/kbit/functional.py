@@ -52,7 +52,29 @@ def create_dynamic_map(signed: bool = True) -> torch.Tensor:
 def _check_tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise _errors.KbitValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise _errors.KbitValueError(f"{name} is a {t.layout} tensor; kbit works on dense tensors. "
+                                     f"fix: pass {name}.to_dense()")
     return t
+
+
+def _memory_span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes [start, end) a tensor's elements occupy (empty for an empty tensor)."""
+    if t.numel() == 0:
+        return 0, 0
+    extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    low = t.data_ptr() + t.element_size() * sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if stride < 0)
+    return low, low + extent * t.element_size()
+
+
+def _check_no_overlap(out: torch.Tensor, **inputs: torch.Tensor) -> None:
+    """Refuse an `out` that shares memory with an input: the kernel would read what it already overwrote."""
+    o_start, o_end = _memory_span(out)
+    for name, t in inputs.items():
+        start, end = _memory_span(t)
+        if o_start < end and start < o_end:
+            raise _errors.KbitValueError(f"out shares memory with {name}; the result would read overwritten data. "
+                                         f"fix: pass a separate out tensor (or none)")
 
 
 def _check_float_dtype(name: str, dtype: torch.dtype) -> int:
@@ -136,6 +158,8 @@ def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out
         raise _errors.KbitValueError(
             f"out must be a contiguous {state.dtype} tensor of shape {tuple(state.shape)} on {codes.device}; "
             f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
+    else:
+        _check_no_overlap(out, codes=codes, absmax=state.absmax)
     src = codes.contiguous()
     absmax = state.absmax.contiguous()
     _dispatch.call(codes, lib, "kbit_dequantize_blockwise_8bit", _DTYPES[state.dtype], _dispatch.ptr(src), _dispatch.ptr(absmax),
