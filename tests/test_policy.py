@@ -2,6 +2,8 @@
 expected variant (or typed error), the failure class and words the reasons or warnings must contain."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,9 @@ def machine(torch_cuda: str | None = "12.6", driver: tuple[int, int] | str | Non
 
 # id, facts, BNB_CUDA_VERSION, expected variant (or error class), failure class, words in reasons+warnings
 CASES = [
+    ("rocm-torch", dataclasses.replace(machine(None), torch=TorchFacts("2.13.0+rocm6.4", None, "6.4.1")), None, None,
+     "torch_rocm", ["ROCm build (HIP 6.4.1)", "NVIDIA CUDA variants only"]),
+    ("unreadable-torch-cuda", machine("12.x"), None, None, "torch_cuda_unreadable", ["CUDA '12.x'", "reinstall torch"]),
     ("torch126-driver128-sm89", machine(), None, "cuda128", None, ["newest toolkit first", "GPU 0 runs SASS sm_89"]),
     ("torch126-driver124-sm89", machine(driver=(12, 4)), None, "cuda124", None,
      ["not cuda128", "driver supports CUDA 12.4", "minor-version compatibility", "GPU 0 runs SASS sm_89"]),

@@ -74,6 +74,8 @@ _PROBLEM_TITLES = {
     "arch_not_covered": ("arch_not_covered", "the GPU's compute capability is not covered by any usable variant"),
     "driver_too_old": ("driver_too_old", "the NVIDIA driver is too old for every bundled variant of torch's CUDA"),
     "no_driver": ("no_driver", "torch has CUDA but no usable NVIDIA driver was found"),
+    "torch_rocm": ("torch_rocm", "torch is a ROCm build; kbit has no ROCm variant for its GPU tensors"),
+    "torch_cuda_unreadable": ("torch_cuda_unreadable", "torch reports a CUDA version kbit cannot read"),
 }
 
 

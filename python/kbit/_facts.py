@@ -35,10 +35,12 @@ class Host:
 
 @dataclass(frozen=True)
 class TorchFacts:
-    """torch's version and the CUDA version it was built with (torch.version.cuda; None for CPU builds)."""
+    """torch's version and the CUDA version it was built with (torch.version.cuda; None for CPU and ROCm
+    builds); hip: torch.version.hip of a ROCm build, whose "cuda" tensors live on AMD GPUs."""
 
     version: str | None
     cuda: str | None
+    hip: str | None = None
 
     @property
     def cuda_version(self) -> tuple[int, int] | None:
@@ -141,7 +143,8 @@ def gather_torch() -> TorchFacts:
     """torch's version and CUDA version, read from the module already imported by kbit (no CUDA init)."""
     import torch
 
-    return TorchFacts(version=str(torch.__version__), cuda=getattr(torch.version, "cuda", None))
+    return TorchFacts(version=str(torch.__version__), cuda=getattr(torch.version, "cuda", None),
+                      hip=getattr(torch.version, "hip", None))
 
 
 def gather_env() -> dict:

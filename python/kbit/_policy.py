@@ -38,6 +38,8 @@ PROBLEM_ERRORS = {
     "arch_not_covered": _errors.ArchNotCoveredError,
     "no_driver": _errors.DriverNotFoundError,
     "torch_cpu_only": _errors.BackendUnavailableError,
+    "torch_rocm": _errors.BackendUnavailableError,
+    "torch_cuda_unreadable": _errors.BackendUnavailableError,
     "override_cpu": _errors.BackendUnavailableError,
 }
 
@@ -150,6 +152,16 @@ def decide(facts: Facts, override: str | None = None) -> Decision:
     wanted = parse_override(override, bundled)
     if wanted is not None:
         return _decide_override(facts, override, wanted, bundled)
+    if facts.torch.hip:
+        return Decision(None, "default", (
+            f"torch {facts.torch.version} is a ROCm build (HIP {facts.torch.hip}): its cuda tensors live on AMD GPUs, "
+            f"and kbit ships NVIDIA CUDA variants only; the CPU library serves CPU tensors. fix: on an NVIDIA "
+            f"machine install a CUDA build of torch; with ROCm keep kbit's tensors on the CPU",), problem="torch_rocm")
+    if facts.torch.cuda and facts.torch.cuda_version is None:
+        return Decision(None, "default", (
+            f"torch {facts.torch.version} reports CUDA {facts.torch.cuda!r}, which is not a CUDA version kbit can read, "
+            f"so no CUDA variant can be matched to it. fix: reinstall torch from pytorch.org (a build whose "
+            f"torch.version.cuda reads like 12.4)",), problem="torch_cuda_unreadable")
     if facts.torch.cuda_version is None:
         return Decision(None, "default", (f"torch {facts.torch.version} is a CPU-only build (torch.version.cuda is "
                                           f"None), so there are no CUDA tensors to serve; the CPU library serves "

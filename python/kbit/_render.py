@@ -27,7 +27,7 @@ def _facts_lines(report) -> list[str]:
     lines = [f"kbit: {report.kbit_version} ({report.kbit_path})",
              f"platform: {f.host.os} {f.host.arch} ({f.host.platform} loader)",
              f"glibc: {f.host.libc or 'n/a'}", f"python: {f.host.python}",
-             f"torch: {f.torch.version}, CUDA {f.torch.cuda or 'none (CPU-only build)'}"]
+             f"torch: {f.torch.version}, CUDA {f.torch.cuda or (f'none (ROCm build, HIP {f.torch.hip})' if f.torch.hip else 'none (CPU-only build)')}"]
     if drv.status == "not_found":
         lines.append(f"driver: not found ({'; '.join(drv.errors)})")
     else:
