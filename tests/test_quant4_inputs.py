@@ -59,6 +59,8 @@ def _dicts():
     ("shape", None, "'shape' is None"),
     ("shape", [-8, -64], r"'shape' is \[-8, -64\]"),
     ("shape", [8.5, 64], "'shape'"),
+    ("dtype", "Tensor", "'dtype' is 'Tensor'; expected a torch dtype name"),
+    ("dtype", torch.float16, "'dtype' is torch.float16"),
 ])
 def test_from_dict_refuses_bad_plain_items(key, value, match):
     plain, _ = _dicts()
@@ -158,6 +160,8 @@ def test_sparse_input_is_refused_with_to_dense():
     packed, state = F.quantize_4bit(torch.randn(8, 64))
     with pytest.raises(kbit.KbitValueError, match=r"A.to_dense\(\)"):
         F.gemv_4bit(torch.randn(2, 64).to_sparse(), packed, state)
+    with pytest.raises(kbit.KbitValueError, match=r"packed.to_dense\(\)"):
+        F.dequantize_4bit(packed.to_sparse(), state)
 
 
 def test_hand_edited_states_are_refused():
@@ -171,5 +175,8 @@ def test_hand_edited_states_are_refused():
         F.dequantize_4bit(packed, state)
     packed, state = F.quantize_4bit(torch.randn(8, 64))
     state.shape = (8, 64)
+    with pytest.raises(kbit.KbitValueError, match="torch.Size"):
+        F.dequantize_4bit(packed, state)
+    state.shape = torch.Size([-8, -64])
     with pytest.raises(kbit.KbitValueError, match="torch.Size"):
         F.dequantize_4bit(packed, state)

@@ -127,7 +127,7 @@ class QuantState:
         offset, state2 = _nested_from_items(items, device)
         state = cls(absmax=_tensor_item(items, "absmax").to(device), shape=_shape_item(items), code=code,
                     blocksize=_int_item(items, "blocksize", BLOCKSIZES_4BIT), quant_type=quant_type,
-                    dtype=_dtype_from_name(items["dtype"]), offset=offset, state2=state2)
+                    dtype=_dtype_item(items, "dtype"), offset=offset, state2=state2)
         _check_quant_state(state, "the loaded quant state")
         return state
 
@@ -147,10 +147,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _dtype_from_name(name: object) -> torch.dtype:
-    dtype = getattr(torch, str(name), None)
+def _dtype_item(items: dict[str, Any], key: str) -> torch.dtype:
+    name = items[key]
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
     if not isinstance(dtype, torch.dtype):
-        raise _errors.KbitValueError(f"dtype {name!r} in the quant state is not a torch dtype name")
+        raise _bad_item(key, name, "a torch dtype name such as 'float16'")
     return dtype
 
 
@@ -194,8 +195,9 @@ def _unpacked_items(qs_dict: dict[str, Any]) -> dict[str, Any]:
 _DAMAGED = "the checkpoint is damaged or not a 4-bit QuantState"
 
 
-def _bad_item(key: str, value: object, expected: str) -> _errors.KbitValueError:
-    return _errors.KbitValueError(f"quant_state item {key!r} is {value!r}; expected {expected}: {_DAMAGED}")
+def _bad_item(key: str, value: object, expected: str, shown: str | None = None) -> _errors.KbitValueError:
+    return _errors.KbitValueError(f"quant_state item {key!r} is {shown or repr(value)}; expected {expected}: "
+                                  f"{_DAMAGED}")
 
 
 def _int_item(items: dict[str, Any], key: str, allowed: tuple[int, ...]) -> int:
@@ -251,7 +253,7 @@ def _nested_from_items(items: dict[str, Any], device) -> tuple[torch.Tensor | No
     if len(present) != len(nested_keys):
         raise _errors.KbitValueError(f"the double-quantization items are incomplete: found {present} of "
                                      f"{list(nested_keys)}")
-    if _dtype_from_name(items["nested_dtype"]) != torch.float32:
+    if _dtype_item(items, "nested_dtype") != torch.float32:
         raise _errors.KbitValueError(f"nested_dtype is {items['nested_dtype']!r}; the absmax is float32")
     codes = _tensor_item(items, "absmax")
     nested_map = _tensor_item(items, "nested_quant_map")
@@ -263,8 +265,9 @@ def _nested_from_items(items: dict[str, Any], device) -> tuple[torch.Tensor | No
     nested_absmax = _tensor_item(items, "nested_absmax")
     blocks = math.ceil(codes.numel() / blocksize)
     if nested_absmax.dtype != torch.float32 or nested_absmax.shape != (blocks,):
-        raise _bad_item("nested_absmax", f"{nested_absmax.dtype} of shape {tuple(nested_absmax.shape)}",
-                        f"{blocks} float32 values ({codes.numel()} absmax codes at nested_blocksize {blocksize})")
+        raise _bad_item("nested_absmax", nested_absmax,
+                        f"{blocks} float32 values ({codes.numel()} absmax codes at nested_blocksize {blocksize})",
+                        shown=f"{nested_absmax.dtype} of shape {tuple(nested_absmax.shape)}")
     state2 = BlockwiseQuantState(absmax=nested_absmax.to(device), code=nested_map.to(device), blocksize=blocksize,
                                  dtype=torch.float32, shape=torch.Size([codes.numel()]))
     return offset, state2
@@ -292,8 +295,9 @@ def _check_quant_state(state: object, name: str = "quant_state") -> QuantState:
     _check_quant_type(state.quant_type)
     _check_blocksize_4bit(state.blocksize)
     _check_float_dtype(f"{name} (its dtype)", state.dtype)
-    if not isinstance(state.shape, torch.Size):
-        raise _errors.KbitValueError(f"{name}.shape is {state.shape!r}; set it to a torch.Size")
+    if not isinstance(state.shape, torch.Size) or any(d < 0 for d in state.shape):
+        raise _errors.KbitValueError(f"{name}.shape is {state.shape!r}; set it to the torch.Size of the quantized "
+                                     f"tensor")
     _check_tensor(f"{name}.absmax", state.absmax)
     if state.nested and not (isinstance(state.offset, torch.Tensor) and state.offset.numel() == 1):
         raise _errors.KbitValueError(f"{name} is nested (state2 set) but its offset is {state.offset!r}; it must be "
@@ -319,7 +323,7 @@ def _resolved_absmax(state: QuantState) -> torch.Tensor:
 
 def _check_dense(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.layout != torch.strided:
-        raise _errors.KbitValueError(f"{name} has layout {t.layout}; kbit quantizes dense tensors. fix: "
+        raise _errors.KbitValueError(f"{name} has layout {t.layout}; kbit takes dense (strided) tensors. fix: "
                                      f"{name}.to_dense()")
     return t
 
@@ -339,7 +343,7 @@ def _check_no_overlap(out: torch.Tensor, inputs: dict[str, torch.Tensor]) -> Non
 
 def _packed_bytes(name: str, packed: object, n: int, device: torch.device | None = None) -> torch.Tensor:
     """The packed codes as a flat uint8 tensor (any quant_storage dtype is viewed as bytes)."""
-    packed = _check_tensor(name, packed)
+    packed = _check_dense(name, _check_tensor(name, packed))
     flat = packed.detach().contiguous().reshape(-1)
     if flat.dtype != torch.uint8:
         if flat.dtype not in _STORAGE_DTYPES:
