@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from kbit import _dispatch, _errors
-from kbit.functional import (_DTYPES, BlockwiseQuantState, _check_float_dtype, _check_tensor, _map,
-                             dequantize_blockwise, quantize_blockwise)
+from kbit.functional import (_BLOCKSIZES_8BIT, _DTYPES, BlockwiseQuantState, _check_float_dtype, _check_tensor,
+                             _map, dequantize_blockwise, quantize_blockwise)
 
 QUANT_TYPES = {"nf4": 0, "fp4": 1}
 BLOCKSIZES_4BIT = tuple(2 ** k for k in range(5, 13))  # 32 .. 4096
@@ -112,6 +112,7 @@ class QuantState:
         """Rebuild a state from as_dict's output, packed or not, with or without a key prefix (e.g. the
         "weight." of a state_dict). Tensors go to `device`. Anything but a well-formed 4-bit state whose maps
         are kbit's (NF4/FP4, the signed dynamic map for nested absmax) is refused with a KbitValueError."""
+        device = _check_load_device(device)
         items = _unpacked_items(qs_dict)
         quant_type = items.get("quant_type")
         _check_quant_type(quant_type)
@@ -124,9 +125,9 @@ class QuantState:
             raise _errors.KbitValueError(f"quant_map is not the {quant_type} map; kbit's kernels use the standard "
                                          f"NF4/FP4 tables only (custom 4-bit maps are not supported)")
         offset, state2 = _nested_from_items(items, device)
-        state = cls(absmax=_tensor_item(items, "absmax").to(device), shape=torch.Size(items["shape"]), code=code,
-                    blocksize=int(items["blocksize"]), quant_type=quant_type, dtype=_dtype_from_name(items["dtype"]),
-                    offset=offset, state2=state2)
+        state = cls(absmax=_tensor_item(items, "absmax").to(device), shape=_shape_item(items), code=code,
+                    blocksize=_int_item(items, "blocksize", BLOCKSIZES_4BIT), quant_type=quant_type,
+                    dtype=_dtype_item(items, "dtype"), offset=offset, state2=state2)
         _check_quant_state(state, "the loaded quant state")
         return state
 
@@ -146,10 +147,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _dtype_from_name(name: object) -> torch.dtype:
-    dtype = getattr(torch, str(name), None)
+def _dtype_item(items: dict[str, Any], key: str) -> torch.dtype:
+    name = items[key]
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
     if not isinstance(dtype, torch.dtype):
-        raise _errors.KbitValueError(f"dtype {name!r} in the quant state is not a torch dtype name")
+        raise _bad_item(key, name, "a torch dtype name such as 'float16'")
     return dtype
 
 
@@ -171,6 +173,9 @@ def _unpacked_items(qs_dict: dict[str, Any]) -> dict[str, Any]:
     items = {k.split(".")[-1]: v for k, v in qs_dict.items() if k not in packed}
     if packed:
         raw = qs_dict[packed[0]]
+        if raw.dtype != torch.uint8 or raw.dim() != 1:
+            raise _errors.KbitValueError(f"{packed[0]} is a {raw.dtype} tensor of shape {tuple(raw.shape)}; expected "
+                                         f"1-D uint8 (UTF-8 JSON bytes): {_DAMAGED}")
         try:
             meta = json.loads(bytes(raw.detach().cpu().to(torch.uint8).tolist()).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -185,6 +190,52 @@ def _unpacked_items(qs_dict: dict[str, Any]) -> dict[str, Any]:
         raise _errors.KbitValueError(f"unknown quant state items {sorted(unknown)}; expected only "
                                      f"{QuantState.valid_qs_keys}")
     return items
+
+
+_DAMAGED = "the checkpoint is damaged or not a 4-bit QuantState"
+
+
+def _bad_item(key: str, value: object, expected: str, shown: str | None = None) -> _errors.KbitValueError:
+    return _errors.KbitValueError(f"quant_state item {key!r} is {shown or repr(value)}; expected {expected}: "
+                                  f"{_DAMAGED}")
+
+
+def _int_item(items: dict[str, Any], key: str, allowed: tuple[int, ...]) -> int:
+    """An integer item from `allowed` (an integral float such as 64.0 is accepted, 64.7 is not)."""
+    value = items[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise _bad_item(key, items[key], f"one of {allowed[0]}..{allowed[-1]} (a power of two)")
+    return value
+
+
+def _shape_item(items: dict[str, Any]) -> torch.Size:
+    value = items["shape"]
+    if (not isinstance(value, (list, tuple))
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)):
+        raise _bad_item("shape", value, "a list of non-negative ints")
+    return torch.Size(value)
+
+
+def _offset_item(items: dict[str, Any]) -> float:
+    value = items["nested_offset"]
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        return value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad_item("nested_offset", value, "a float (the mean of the absmax)")
+    return float(value)
+
+
+def _check_load_device(device: object) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise _errors.KbitValueError(f"device={device!r} is not a torch device; use e.g. 'cpu' or 'cuda'") from None
+    if device.type == "meta":
+        raise _errors.KbitValueError("device='meta' cannot hold a quant state's values; load to 'cpu' or 'cuda' "
+                                     "(a Linear4bit built on 'meta' loads onto the checkpoint's device)")
+    return device
 
 
 def _tensor_item(items: dict[str, Any], key: str) -> torch.Tensor:
@@ -202,25 +253,30 @@ def _nested_from_items(items: dict[str, Any], device) -> tuple[torch.Tensor | No
     if len(present) != len(nested_keys):
         raise _errors.KbitValueError(f"the double-quantization items are incomplete: found {present} of "
                                      f"{list(nested_keys)}")
-    if _dtype_from_name(items["nested_dtype"]) != torch.float32:
+    if _dtype_item(items, "nested_dtype") != torch.float32:
         raise _errors.KbitValueError(f"nested_dtype is {items['nested_dtype']!r}; the absmax is float32")
     codes = _tensor_item(items, "absmax")
     nested_map = _tensor_item(items, "nested_quant_map")
     if nested_map.numel() != 256 or not torch.equal(nested_map.detach().float().cpu(), _map(True)):
         raise _errors.KbitValueError("nested_quant_map is not the signed dynamic map; kbit double-quantizes absmax "
                                      "with that map only")
-    offset = torch.tensor(float(items["nested_offset"]), dtype=torch.float32, device=device)
-    state2 = BlockwiseQuantState(absmax=_tensor_item(items, "nested_absmax").to(device),
-                                 code=nested_map.to(device),
-                                 blocksize=int(items["nested_blocksize"]), dtype=torch.float32,
-                                 shape=torch.Size([codes.numel()]))
+    offset = torch.tensor(_offset_item(items), dtype=torch.float32, device=device)
+    blocksize = _int_item(items, "nested_blocksize", _BLOCKSIZES_8BIT)
+    nested_absmax = _tensor_item(items, "nested_absmax")
+    blocks = math.ceil(codes.numel() / blocksize)
+    if nested_absmax.dtype != torch.float32 or nested_absmax.shape != (blocks,):
+        raise _bad_item("nested_absmax", nested_absmax,
+                        f"{blocks} float32 values ({codes.numel()} absmax codes at nested_blocksize {blocksize})",
+                        shown=f"{nested_absmax.dtype} of shape {tuple(nested_absmax.shape)}")
+    state2 = BlockwiseQuantState(absmax=nested_absmax.to(device), code=nested_map.to(device), blocksize=blocksize,
+                                 dtype=torch.float32, shape=torch.Size([codes.numel()]))
     return offset, state2
 
 
 # ---------------------------------------------------------------------------------------- checks
 
 def _check_quant_type(quant_type: object) -> int:
-    if quant_type not in QUANT_TYPES:
+    if not isinstance(quant_type, str) or quant_type not in QUANT_TYPES:
         raise _errors.KbitValueError(f"quant_type={quant_type!r} is not supported; use 'nf4' or 'fp4'")
     return QUANT_TYPES[quant_type]
 
@@ -239,8 +295,13 @@ def _check_quant_state(state: object, name: str = "quant_state") -> QuantState:
     _check_quant_type(state.quant_type)
     _check_blocksize_4bit(state.blocksize)
     _check_float_dtype(f"{name} (its dtype)", state.dtype)
-    if state.shape is None:
-        raise _errors.KbitValueError(f"{name} has no shape")
+    if not isinstance(state.shape, torch.Size) or any(d < 0 for d in state.shape):
+        raise _errors.KbitValueError(f"{name}.shape is {state.shape!r}; set it to the torch.Size of the quantized "
+                                     f"tensor")
+    _check_tensor(f"{name}.absmax", state.absmax)
+    if state.nested and not (isinstance(state.offset, torch.Tensor) and state.offset.numel() == 1):
+        raise _errors.KbitValueError(f"{name} is nested (state2 set) but its offset is {state.offset!r}; it must be "
+                                     f"the one-element float32 tensor quantize_4bit(compress_statistics=True) made")
     blocks = math.ceil(state.shape.numel() / state.blocksize)
     want = torch.uint8 if state.nested else torch.float32
     if state.absmax.dtype != want or state.absmax.numel() != blocks:
@@ -260,9 +321,29 @@ def _resolved_absmax(state: QuantState) -> torch.Tensor:
     return absmax
 
 
+def _check_dense(name: str, t: torch.Tensor) -> torch.Tensor:
+    if t.layout != torch.strided:
+        raise _errors.KbitValueError(f"{name} has layout {t.layout}; kbit takes dense (strided) tensors. fix: "
+                                     f"{name}.to_dense()")
+    return t
+
+
+def _check_no_overlap(out: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+    """Refuse an `out` whose storage shares bytes with an input (the kernel would read what it has written)."""
+    def span(t):
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    lo, hi = span(out)
+    for name, t in inputs.items():
+        start, end = span(t)
+        if start < hi and lo < end:
+            raise _errors.KbitValueError(f"out shares memory with {name}; fix: pass an out tensor of its own (or "
+                                         f"out=None)")
+
+
 def _packed_bytes(name: str, packed: object, n: int, device: torch.device | None = None) -> torch.Tensor:
     """The packed codes as a flat uint8 tensor (any quant_storage dtype is viewed as bytes)."""
-    packed = _check_tensor(name, packed)
+    packed = _check_dense(name, _check_tensor(name, packed))
     flat = packed.detach().contiguous().reshape(-1)
     if flat.dtype != torch.uint8:
         if flat.dtype not in _STORAGE_DTYPES:
@@ -299,7 +380,7 @@ def quantize_4bit(A: torch.Tensor, blocksize: int = 64, quant_type: str = "nf4",
     signed dynamic map) as bitsandbytes does. Returns (packed, state): packed is uint8 of shape
     ((n + 1) // 2, 1), or those bytes viewed as `quant_storage` ((bytes / itemsize, 1)).
     """
-    A = _check_tensor("A", A)
+    A = _check_dense("A", _check_tensor("A", A))
     dtype_id = _check_float_dtype("A", A.dtype)
     qt = _check_quant_type(quant_type)
     bs = _check_blocksize_4bit(blocksize)
@@ -349,6 +430,8 @@ def dequantize_4bit(packed: torch.Tensor, quant_state: QuantState, *, out: torch
         raise _errors.KbitValueError(
             f"out must be a contiguous {state.dtype} tensor of shape {tuple(state.shape)} on {src.device}; got "
             f"{out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
+    else:
+        _check_no_overlap(out, {"packed": packed, "quant_state.absmax": state.absmax})
     absmax = _resolved_absmax(state)
     _dispatch.call(src, lib, "kbit_dequantize_4bit", _DTYPES[state.dtype], QUANT_TYPES[state.quant_type],
                    _dispatch.ptr(src), _dispatch.ptr(absmax), _dispatch.ptr(out), n, state.blocksize,
@@ -402,7 +485,7 @@ def gemv_4bit(A: torch.Tensor, B_packed: torch.Tensor, quant_state: QuantState, 
     a pairwise lane tree), plus bias (converted to A's dtype) added once, then rounded to A's dtype: the bits do
     not depend on the thread count. Gradients flow to A and bias (the weight is frozen).
     """
-    A = _check_tensor("A", A)
+    A = _check_dense("A", _check_tensor("A", A))
     _check_float_dtype("A", A.dtype)
     state = _check_quant_state(quant_state)
     if len(state.shape) != 2:

@@ -120,11 +120,17 @@ class Linear4bit(torch.nn.Module):
                               error_msgs):
         weight_key, bias_key = prefix + "weight", prefix + "bias"
         state_items = {k[len(weight_key) + 1:]: v for k, v in state_dict.items() if k.startswith(weight_key + ".")}
+        # everything is checked before anything is replaced: a refused checkpoint leaves the layer as it was
+        weight = None
         if weight_key in state_dict:
-            self._load_weight(state_dict[weight_key], state_items, weight_key)
+            weight = self._checked_weight(state_dict[weight_key], state_items, weight_key)
         else:
             missing_keys.append(weight_key)
-        self._load_bias(state_dict, bias_key, missing_keys, unexpected_keys)
+        bias = self._checked_bias(state_dict, bias_key, missing_keys, unexpected_keys)
+        if weight is not None:
+            self._set_quantized(*weight)
+        if bias is not None:
+            self.bias = torch.nn.Parameter(bias, requires_grad=self.bias.requires_grad)
         if strict:
             for key in state_dict:
                 rest = key[len(prefix):] if key.startswith(prefix) else None
@@ -134,7 +140,7 @@ class Linear4bit(torch.nn.Module):
     def _target_device(self, loaded: torch.Tensor) -> torch.device:
         return loaded.device if self.weight.device.type == "meta" else self.weight.device
 
-    def _load_weight(self, weight: torch.Tensor, items: dict, key: str) -> None:
+    def _checked_weight(self, weight: torch.Tensor, items: dict, key: str) -> tuple[torch.Tensor, QuantState]:
         if not items:
             raise _errors.KbitValueError(
                 f"{key} has shape {tuple(weight.shape)} and dtype {weight.dtype} with no quant state items "
@@ -155,20 +161,20 @@ class Linear4bit(torch.nn.Module):
                 f"saved settings: Linear4bit(..., quant_type={state.quant_type!r}, blocksize={state.blocksize}, "
                 f"compress_statistics={state.nested})")
         packed = _packed_bytes(key, weight, expected.numel()).to(device)
-        self._set_quantized(packed.clone(), state)
+        return packed.clone(), state
 
-    def _load_bias(self, state_dict, key: str, missing_keys: list, unexpected_keys: list) -> None:
+    def _checked_bias(self, state_dict, key: str, missing_keys: list, unexpected_keys: list) -> torch.Tensor | None:
+        """The bias to load (a new tensor on the target device), or None when there is none to load."""
         if self.bias is None:
             if key in state_dict:
                 unexpected_keys.append(key)
-            return
+            return None
         if key not in state_dict:
             missing_keys.append(key)
-            return
+            return None
         bias = state_dict[key]
         if not isinstance(bias, torch.Tensor) or bias.shape != (self.out_features,) or not bias.is_floating_point():
             raise _errors.KbitValueError(f"{key} must be a floating-point tensor of shape ({self.out_features},); got "
                                          f"{getattr(bias, 'dtype', type(bias).__name__)} "
                                          f"{tuple(getattr(bias, 'shape', ()))}")
-        self.bias = torch.nn.Parameter(bias.detach().to(self._target_device(bias)).clone(),
-                                       requires_grad=self.bias.requires_grad)
+        return bias.detach().to(self._target_device(bias)).clone()
