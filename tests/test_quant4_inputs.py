@@ -26,12 +26,18 @@ def test_dequantize_4bit_refuses_out_sharing_memory_with_packed():
 
 def test_dequantize_4bit_refuses_out_sharing_memory_with_absmax():
     packed, state = F.quantize_4bit(torch.randn(64, 64))
-    buf = torch.zeros(64 * 64 + state.absmax.numel())
-    buf[:state.absmax.numel()].copy_(state.absmax)
     n = state.absmax.numel()
-    state.absmax = buf[:n]
+    buf = torch.zeros(64 * 64 + n)
+    buf[64 * 64 - n // 2:64 * 64 - n // 2 + n].copy_(state.absmax)
+    state.absmax = buf[64 * 64 - n // 2:64 * 64 - n // 2 + n]  # overlaps the end of out
     with pytest.raises(kbit.KbitValueError, match="out shares memory with quant_state.absmax"):
-        F.dequantize_4bit(packed, state, out=buf[n:].view(64, 64))
+        F.dequantize_4bit(packed, state, out=buf[:64 * 64].view(64, 64))
+    # the same buffer split without overlap is fine
+    beside = buf[64 * 64:]
+    beside.copy_(state.absmax)
+    state.absmax = beside
+    assert torch.equal(F.dequantize_4bit(packed, state, out=buf[:64 * 64].view(64, 64)),
+                       F.dequantize_4bit(packed, state))
 
 
 def test_dequantize_4bit_accepts_out_next_to_the_inputs():

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from kbit import _dispatch, _errors
-from kbit.functional import (_BLOCKSIZES_8BIT, _DTYPES, BlockwiseQuantState, _check_float_dtype, _check_tensor,
-                             _map, dequantize_blockwise, quantize_blockwise)
+from kbit.functional import (_BLOCKSIZES_8BIT, _DTYPES, BlockwiseQuantState, _check_float_dtype,
+                             _check_no_overlap, _check_tensor, _map, dequantize_blockwise, quantize_blockwise)
 
 QUANT_TYPES = {"nf4": 0, "fp4": 1}
 BLOCKSIZES_4BIT = tuple(2 ** k for k in range(5, 13))  # 32 .. 4096
@@ -328,19 +328,6 @@ def _check_dense(name: str, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _check_no_overlap(out: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
-    """Refuse an `out` whose storage shares bytes with an input (the kernel would read what it has written)."""
-    def span(t):
-        storage = t.untyped_storage()
-        return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-    lo, hi = span(out)
-    for name, t in inputs.items():
-        start, end = span(t)
-        if start < hi and lo < end:
-            raise _errors.KbitValueError(f"out shares memory with {name}; fix: pass an out tensor of its own (or "
-                                         f"out=None)")
-
-
 def _packed_bytes(name: str, packed: object, n: int, device: torch.device | None = None) -> torch.Tensor:
     """The packed codes as a flat uint8 tensor (any quant_storage dtype is viewed as bytes)."""
     packed = _check_dense(name, _check_tensor(name, packed))
@@ -431,7 +418,7 @@ def dequantize_4bit(packed: torch.Tensor, quant_state: QuantState, *, out: torch
             f"out must be a contiguous {state.dtype} tensor of shape {tuple(state.shape)} on {src.device}; got "
             f"{out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
     else:
-        _check_no_overlap(out, {"packed": packed, "quant_state.absmax": state.absmax})
+        _check_no_overlap(out, **{"packed": packed, "quant_state.absmax": state.absmax})
     absmax = _resolved_absmax(state)
     _dispatch.call(src, lib, "kbit_dequantize_4bit", _DTYPES[state.dtype], QUANT_TYPES[state.quant_type],
                    _dispatch.ptr(src), _dispatch.ptr(absmax), _dispatch.ptr(out), n, state.blocksize,
