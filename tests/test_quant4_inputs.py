@@ -34,7 +34,7 @@ def test_dequantize_4bit_refuses_out_sharing_memory_with_absmax():
         F.dequantize_4bit(packed, state, out=buf[:64 * 64].view(64, 64))
     # the same buffer split without overlap is fine
     beside = buf[64 * 64:]
-    beside.copy_(state.absmax)
+    beside.copy_(state.absmax.clone())
     state.absmax = beside
     assert torch.equal(F.dequantize_4bit(packed, state, out=buf[:64 * 64].view(64, 64)),
                        F.dequantize_4bit(packed, state))
