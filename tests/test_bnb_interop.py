@@ -97,3 +97,31 @@ def test_4bit_tensors_and_states_mean_the_same_numbers_in_both_libraries(bnb, qu
 def _nibbles(packed: torch.Tensor) -> torch.Tensor:
     b = packed.flatten().view(torch.uint8).long()
     return torch.stack([b >> 4, b & 15], dim=1).flatten()
+
+
+@pytest.mark.parametrize("kind", ["Adam8bit", "AdamW8bit", "Adam"])
+def test_a_bitsandbytes_optimizer_checkpoint_continues_in_kbit(bnb, kind):
+    import bitsandbytes.optim as bnb_optim
+
+    import kbit.optim
+
+    gen = torch.Generator().manual_seed(1)
+    start = torch.randn(64, 128, generator=gen)
+    grads = [torch.randn(64, 128, generator=gen) for _ in range(3)]
+    theirs = torch.nn.Parameter(start.clone())
+    their_opt = getattr(bnb_optim, kind)([theirs], lr=1e-2)
+    for g in grads[:2]:
+        theirs.grad = g.clone()
+        their_opt.step()
+    ours = torch.nn.Parameter(theirs.detach().clone())
+    our_opt = getattr(kbit.optim, kind)([ours], lr=1e-2)
+    our_opt.load_state_dict(their_opt.state_dict())
+    assert our_opt.state[ours]["step"] == 2
+    for k, v in our_opt.state[ours].items():
+        if torch.is_tensor(v):
+            saved = their_opt.state[theirs].get(k, their_opt.state[theirs].get("__bnb_optimizer_quant_state__", {}).get(k))
+            assert torch.equal(v, saved), k
+    theirs.grad, ours.grad = grads[2].clone(), grads[2].clone()
+    their_opt.step()
+    our_opt.step()
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-5)

@@ -10,6 +10,8 @@ Two kinds of comparison are made, and each test says which:
 """
 from __future__ import annotations
 
+import copy
+
 import io
 import warnings
 
@@ -345,10 +347,100 @@ def test_sparse_gradients_are_refused():
         O.Adam8bit(emb.parameters()).step()
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.int32], ids=str)
-def test_unsupported_parameter_dtypes_are_refused(dtype):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex64], ids=str)
+def test_unsupported_trainable_parameter_dtypes_are_refused(dtype):
     with pytest.raises(kbit.KbitValueError, match="dtype"):
-        O.AdamW8bit([torch.zeros(8, dtype=dtype)])
+        O.AdamW8bit([torch.zeros(8, dtype=dtype, requires_grad=True)])
+
+
+def test_a_model_with_a_frozen_4bit_layer_trains_its_other_parameters():
+    model = torch.nn.Sequential(kbit.nn.Linear4bit(64, 8), torch.nn.Linear(8, 4))
+    opt = O.AdamW(model.parameters(), lr=1e-2)  # the uint8 weight is frozen; torch.optim accepts it too
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(3, 64)).square().sum().backward()
+    opt.step()
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
+    frozen = [not p.requires_grad for p in model.parameters()]
+    assert changed == [not f for f in frozen] and any(frozen)
+
+
+def _trained(opt_class, **kw):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(100, 80))
+    opt = opt_class([p], **kw)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    return p, opt
+
+
+@pytest.mark.parametrize("opt_class", [O.Adam8bit, O.Adam32bit], ids=lambda c: c.__name__)
+def test_loaded_states_that_are_strided_views_give_the_same_next_step(opt_class):
+    p, opt = _trained(opt_class)
+    sd = opt.state_dict()
+    strided = copy.deepcopy(sd)
+    for k in ("state1", "state2"):
+        strided["state"][0][k] = strided["state"][0][k].t().contiguous().t()  # same values, other strides
+        assert not strided["state"][0][k].is_contiguous()
+    grad = torch.randn_like(p)
+    results = []
+    for d in (sd, strided):
+        q = torch.nn.Parameter(p.detach().clone())
+        o = opt_class([q])
+        o.load_state_dict(d)
+        q.grad = grad.clone()
+        o.step()
+        results.append(q.detach())
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("step", [torch.tensor(3.0), 3.0, torch.tensor(3)], ids=["tensor-float", "float", "tensor-int"])
+def test_a_torch_style_step_in_the_state_is_accepted(step):
+    p, opt = _trained(O.Adam8bit)
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = step
+    q = torch.nn.Parameter(p.detach().clone())
+    o = O.Adam8bit([q])
+    o.load_state_dict(sd)
+    q.grad = torch.ones_like(q)
+    o.step()
+    assert o.state[q]["step"] == 4
+
+
+@pytest.mark.parametrize("step", [1.5, "3", -1, torch.ones(2)], ids=repr)
+def test_a_bad_step_is_refused(step):
+    p, opt = _trained(O.Adam8bit)
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = step
+    with pytest.raises(kbit.KbitValueError, match="'step'"):
+        O.Adam8bit([torch.nn.Parameter(p.detach().clone())]).load_state_dict(sd)
+
+
+def test_a_refused_load_leaves_the_optimizer_as_it_was():
+    p, opt = _trained(O.Adam8bit)
+    twin_p, twin = _trained(O.Adam8bit)
+    bad = copy.deepcopy(opt.state_dict())  # torch's state_dict shares the live state dicts
+    bad["state"][0]["absmax1"] = torch.zeros(3)
+    with pytest.raises(kbit.KbitValueError, match="absmax1"):
+        opt.load_state_dict(bad)
+    grad = torch.randn_like(p)
+    p.grad, twin_p.grad = grad.clone(), grad.clone()
+    opt.step()
+    twin.step()
+    assert torch.equal(p, twin_p)
+
+
+@pytest.mark.parametrize("betas", [None, 5, (0.9,)], ids=repr)
+def test_malformed_betas_get_a_typed_error(betas):
+    with pytest.raises(kbit.KbitValueError, match="betas"):
+        O.Adam([torch.nn.Parameter(torch.zeros(4))], betas=betas)
+
+
+def test_momentum_and_alpha_errors_name_the_argument():
+    with pytest.raises(kbit.KbitValueError, match="momentum=1.0"):
+        O.SGD([torch.nn.Parameter(torch.zeros(4))], lr=0.1, momentum=1.0)
+    with pytest.raises(kbit.KbitValueError, match="alpha=1.5"):
+        O.RMSprop([torch.nn.Parameter(torch.zeros(4))], alpha=1.5)
 
 
 @pytest.mark.parametrize("make,match", [(lambda ps: O.SGD8bit(ps, lr=0.1), "momentum"),

@@ -28,6 +28,7 @@ from kbit.functional import create_dynamic_map
 from kbit.optim import _paged, _update
 
 _SUPPORTED = tuple(_update.DTYPE_IDS)
+_BNB_WRAPPER = "__bnb_optimizer_quant_state__"  # bitsandbytes 0.50's key for a parameter's 8-bit state
 
 
 def check_hyper(name: str, value: object, *, low: float = 0.0, below_one: bool = False) -> None:
@@ -66,7 +67,8 @@ class KbitOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             self.check_group(group)
             for p in group["params"]:
-                self._check_dtype(p)
+                if p.requires_grad:  # a frozen weight of any dtype (kbit.nn.Linear4bit's uint8 codes) is fine
+                    self._check_dtype(p)
 
     # ------------------------------------------------------------------ hooks for subclasses
 
@@ -88,8 +90,9 @@ class KbitOptimizer(torch.optim.Optimizer):
     def _check_dtype(p: torch.Tensor) -> None:
         if p.dtype not in _SUPPORTED:
             raise _errors.KbitValueError(
-                f"a parameter has dtype {p.dtype}; kbit optimizers update torch.float32, torch.float16 and "
-                f"torch.bfloat16 parameters. fix: convert the model (e.g. model.float()) or use torch.optim")
+                f"a parameter with a gradient has dtype {p.dtype}; kbit optimizers update torch.float32, "
+                f"torch.float16 and torch.bfloat16 parameters. fix: freeze it (requires_grad=False) or keep it out "
+                f"of the optimizer's parameters")
 
     def _check_grad(self, p: torch.Tensor) -> torch.Tensor:
         g = p.grad
@@ -146,6 +149,8 @@ class KbitOptimizer(torch.optim.Optimizer):
         n1 = 2 * n if self.kind == _update.ADEMAMIX else n
         names = ("state1", "state2") if two else ("state1",)
         problems = [f"'{k}' is missing" for k in ("step",) + names if k not in state]
+        if "step" in state:
+            problems += self._check_step(state)
         if not problems:
             eight = state["state1"].dtype == torch.uint8
             expected = torch.uint8 if eight else torch.float32
@@ -160,6 +165,19 @@ class KbitOptimizer(torch.optim.Optimizer):
             raise _errors.KbitValueError(
                 f"the optimizer state of a parameter of shape {tuple(p.shape)} does not fit {type(self).__name__}: "
                 f"{'; '.join(problems)}. fix: load a state_dict saved by the same optimizer class for the same model")
+
+    @staticmethod
+    def _check_step(state: dict) -> list[str]:
+        """state["step"] as an int >= 0; a whole-valued float or 0-dim tensor (torch-style states) is converted."""
+        step = state["step"]
+        if torch.is_tensor(step) and step.numel() == 1 and not step.dtype.is_complex:
+            step = step.item()
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            return [f"'step' is {state['step']!r}, expected a whole number >= 0"]
+        state["step"] = step
+        return []
 
     def _check_8bit_extras(self, state: dict, n: int, two: bool) -> list[str]:
         blocks = -(-n // _update.BLOCKSIZE)
@@ -178,10 +196,11 @@ class KbitOptimizer(torch.optim.Optimizer):
         return problems
 
     def _state_to_device(self, p: torch.Tensor, state: dict) -> None:
-        """Move state to p's device, keeping dtypes (bitsandbytes moves state at its first step too)."""
+        """Move state to p's device, keeping dtypes (bitsandbytes moves state at its first step too), and make
+        it dense: the kernels take raw pointers, so a strided view would be read as if it were contiguous."""
         for k, v in state.items():
-            if torch.is_tensor(v) and v.device != p.device:
-                state[k] = v.to(p.device)
+            if torch.is_tensor(v) and (v.device != p.device or not v.is_contiguous()):
+                state[k] = v.to(p.device).contiguous()
 
     # ------------------------------------------------------------------ step
 
@@ -217,20 +236,34 @@ class KbitOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------------ state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch's load_state_dict, except that state tensors keep their dtype exactly.
+        """torch's load_state_dict, except that state tensors keep their dtype exactly, and nothing is loaded
+        unless every state fits its parameter.
 
         torch casts floating state to the parameter's dtype (a float16 parameter would get float16 absmax
-        and 32-bit states); kbit's states are always float32 or uint8, so after torch has matched the
-        groups, every state tensor is restored from the saved one, only moved to the parameter's device.
+        and 32-bit states); kbit's states are always float32 or uint8, so every state tensor is restored from
+        the saved one, only moved to the parameter's device and made contiguous. bitsandbytes 0.50 keeps a
+        parameter's 8-bit state under "__bnb_optimizer_quant_state__"; it is unwrapped, so its checkpoints load.
         """
         saved_state = state_dict["state"]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        super().load_state_dict(state_dict)
         params = [p for g in self.param_groups for p in g["params"]]
+        if len(saved_ids) != len(params):
+            raise _errors.KbitValueError(
+                f"the state_dict has {len(saved_ids)} parameters but this optimizer has {len(params)}. fix: load "
+                f"a state_dict saved by the same optimizer for the same model")
+        restored = {}
         for old_id, p in zip(saved_ids, params):
-            if old_id not in saved_state:
-                continue
-            restored = {k: (v.detach().to(device=p.device, copy=True) if torch.is_tensor(v) else copy.deepcopy(v))
-                        for k, v in saved_state[old_id].items()}
-            self.check_state(p, restored)
-            self.state[p] = restored
+            if old_id in saved_state:
+                restored[p] = self._restored(saved_state[old_id], p)
+                self.check_state(p, restored[p])
+        super().load_state_dict(state_dict)
+        for p in params:
+            self.state.pop(p, None)
+        self.state.update(restored)
+
+    @staticmethod
+    def _restored(saved: dict, p: torch.Tensor) -> dict:
+        entry = {k: v for k, v in saved.items() if k != _BNB_WRAPPER}
+        entry.update(saved.get(_BNB_WRAPPER, {}))
+        return {k: (v.detach().to(device=p.device, copy=True).contiguous() if torch.is_tensor(v) else copy.deepcopy(v))
+                for k, v in entry.items()}

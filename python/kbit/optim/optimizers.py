@@ -33,6 +33,11 @@ from kbit.optim import _update
 from kbit.optim._base import KbitOptimizer, check_hyper
 
 
+def _as_tuple(betas: object) -> object:
+    """A list of betas as a tuple; anything else unchanged, for check_betas to refuse with its message."""
+    return tuple(betas) if isinstance(betas, (list, tuple)) else betas
+
+
 def _refuse(condition: bool, what: str) -> None:
     if condition:
         raise _errors.KbitValueError(f"{what} is not supported by kbit's optimizers (nor run by bitsandbytes' "
@@ -47,7 +52,7 @@ class Adam(KbitOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                  optim_bits=32, min_8bit_size=4096, is_paged=False):
         _refuse(bool(amsgrad), "amsgrad=True")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=_as_tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged)
 
 
@@ -68,7 +73,7 @@ class AdEMAMix(KbitOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0, t_alpha=None, t_beta3=None,
                  eps=1e-8, weight_decay=1e-2, optim_bits=32, min_8bit_size=4096, is_paged=False):
         _refuse(t_alpha is not None or t_beta3 is not None, "t_alpha / t_beta3 (alpha and beta3 schedules)")
-        defaults = dict(lr=lr, betas=tuple(betas), alpha=alpha, eps=eps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=_as_tuple(betas), alpha=alpha, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged)
 
     def check_group(self, group):
@@ -87,7 +92,7 @@ class Lion(KbitOptimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, optim_bits=32, min_8bit_size=4096,
                  is_paged=False):
-        defaults = dict(lr=lr, betas=tuple(betas), eps=0.0, weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=_as_tuple(betas), eps=0.0, weight_decay=weight_decay)
         super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged)
 
 
@@ -101,6 +106,7 @@ class SGD(KbitOptimizer):
         if not momentum:
             raise _errors.KbitValueError("SGD without momentum keeps no state, so kbit (like bitsandbytes) does "
                                          "not provide it; fix: pass momentum > 0 or use torch.optim.SGD")
+        check_hyper("momentum", momentum, below_one=True)
         _refuse(bool(nesterov), "nesterov=True")
         _refuse(dampening != 0, f"dampening={dampening!r}")
         defaults = dict(lr=lr, betas=(momentum, 0.0), eps=0.0, weight_decay=weight_decay)
@@ -114,6 +120,7 @@ class RMSprop(KbitOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
                  optim_bits=32, min_8bit_size=4096):
+        check_hyper("alpha", alpha, below_one=True)
         _refuse(alpha == 0, "alpha=0")
         _refuse(momentum != 0, f"momentum={momentum!r}")
         _refuse(bool(centered), "centered=True")
