@@ -1,9 +1,9 @@
 /* blockwise8.cpp: CPU entry points of 8-bit blockwise quantization (libkbit_cpu).
  * The math is numerics/blockwise8.h; this file owns only the loops over blocks and their threading
  * (OpenMP across blocks, with the thread count the caller passes). */
-#include "common/args.h"
 #include <type_traits>
 
+#include "common/args.h"
 #include "common/host_tables.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise8.h"
@@ -119,14 +119,6 @@ void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_
   }
 }
 
-int check_cpu(void* stream, int32_t threads) {
-  KBIT_CHECK(stream == nullptr, KBIT_ERR_INVALID_ARGUMENT,
-             "a stream was passed to the CPU library; CUDA tensors must go to a CUDA variant");
-  KBIT_CHECK(threads >= 1 && threads <= 4096, KBIT_ERR_INVALID_ARGUMENT,
-             "num_threads = %d; pass torch.get_num_threads() (1..4096)", threads);
-  return KBIT_OK;
-}
-
 }  // namespace
 }  // namespace kbit
 
@@ -136,7 +128,7 @@ KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* a
                                           int32_t blocksize, void* stream, int32_t num_threads) {
   return kbit::guarded("kbit_quantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, A, absmax, out, n, blocksize)) return s;
-    if (int s = kbit::check_cpu(stream, num_threads)) return s;
+    if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     switch (dtype) {
       case KBIT_F32: kbit::quantize_blocks(static_cast<const float*>(A), absmax, out, n, blocksize, num_threads); break;
       case KBIT_F16: kbit::quantize_blocks(static_cast<const kbit::f16*>(A), absmax, out, n, blocksize, num_threads); break;
@@ -150,7 +142,7 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
                                             int64_t n, int32_t blocksize, void* stream, int32_t num_threads) {
   return kbit::guarded("kbit_dequantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, codes, absmax, out, n, blocksize)) return s;
-    if (int s = kbit::check_cpu(stream, num_threads)) return s;
+    if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     switch (dtype) {
       case KBIT_F32: kbit::dequantize_blocks(codes, absmax, static_cast<float*>(out), n, blocksize, num_threads); break;
       case KBIT_F16: kbit::dequantize_blocks(codes, absmax, static_cast<kbit::f16*>(out), n, blocksize, num_threads); break;

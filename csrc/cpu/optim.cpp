@@ -14,14 +14,6 @@ namespace {
 
 constexpr int64_t kChunk32 = 16384;  // elements per OpenMP work item of the 32-bit update
 
-int check_cpu_call(void* stream, int32_t threads) {
-  KBIT_CHECK(stream == nullptr, KBIT_ERR_INVALID_ARGUMENT,
-             "a stream was passed to the CPU library; CUDA tensors must go to a CUDA variant");
-  KBIT_CHECK(threads >= 1 && threads <= 4096, KBIT_ERR_INVALID_ARGUMENT,
-             "num_threads = %d; pass torch.get_num_threads() (1..4096)", threads);
-  return KBIT_OK;
-}
-
 template <class T, int KIND>
 void update_32bit_range(T* p, const T* g, float* s1, float* s2, float* s3, int64_t begin, int64_t end,
                         const OptimScalars& scalars) {
@@ -116,7 +108,7 @@ inline void requantize_codes(const float* s, int len, float absmax, float inv, c
 inline float block_absmax(const float* s, int len) {
   int32_t top = 0;
   for (int i = 0; i < len; ++i) top = magnitude_i32(s[i]) > top ? magnitude_i32(s[i]) : top;
-  return canonical_state_absmax(bits_float(static_cast<uint32_t>(top)));
+  return canonical_absmax(bits_float(static_cast<uint32_t>(top)));
 }
 
 /* A state's new absmax, stored, and its inverse for requantization. */
@@ -234,7 +226,7 @@ KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void*
   return kbit::guarded("kbit_optimizer_update_32bit", [&]() -> int {
     if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
-    if (int s = kbit::check_cpu_call(stream, num_threads)) return s;
+    if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
     const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
                                                           correction1, correction2, gnorm_scale, step);
@@ -252,7 +244,7 @@ KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dty
     if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
-    if (int s = kbit::check_cpu_call(stream, num_threads)) return s;
+    if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
     const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
                                                           correction1, correction2, gnorm_scale, step);

@@ -48,7 +48,7 @@ __device__ float block_max(float m, float* scratch) {
   __syncthreads();
   m = 0.0f;
   for (int w = 0; w < kOptimBlock / 32; ++w) m = absmax_step(m, scratch[w]);
-  return canonical_state_absmax(m);
+  return canonical_absmax(m);
 }
 
 __device__ void stage_maps(float* sv, float* shi, float* slo, float* uv, float* uhi, float* ulo) {

@@ -72,11 +72,6 @@ inline OptimScalars make_optim_scalars(float lr, float beta1, float beta2, float
   return k;
 }
 
-/* A block's new state absmax as stored: a NaN (only from an overflowing update) is the canonical quiet NaN,
- * whichever NaN a backend met first, so CPU and GPU store the same bits (blockwise8.h's canonical_absmax rule
- * on main). */
-KBIT_HD float canonical_state_absmax(float m) { return m != m ? bits_float(0x7fc00000u) : m; }
-
 KBIT_HD bool is_finite_value(float x) { return (float_bits(x) & 0x7f800000u) != 0x7f800000u; }
 
 KBIT_HD uint32_t sign_bit(float x) { return float_bits(x) >> 31; }

@@ -321,16 +321,9 @@ def _resolved_absmax(state: QuantState) -> torch.Tensor:
     return absmax
 
 
-def _check_dense(name: str, t: torch.Tensor) -> torch.Tensor:
-    if t.layout != torch.strided:
-        raise _errors.KbitValueError(f"{name} has layout {t.layout}; kbit takes dense (strided) tensors. fix: "
-                                     f"{name}.to_dense()")
-    return t
-
-
 def _packed_bytes(name: str, packed: object, n: int, device: torch.device | None = None) -> torch.Tensor:
     """The packed codes as a flat uint8 tensor (any quant_storage dtype is viewed as bytes)."""
-    packed = _check_dense(name, _check_tensor(name, packed))
+    packed = _check_tensor(name, packed)
     flat = packed.detach().contiguous().reshape(-1)
     if flat.dtype != torch.uint8:
         if flat.dtype not in _STORAGE_DTYPES:
@@ -367,7 +360,7 @@ def quantize_4bit(A: torch.Tensor, blocksize: int = 64, quant_type: str = "nf4",
     signed dynamic map) as bitsandbytes does. Returns (packed, state): packed is uint8 of shape
     ((n + 1) // 2, 1), or those bytes viewed as `quant_storage` ((bytes / itemsize, 1)).
     """
-    A = _check_dense("A", _check_tensor("A", A))
+    A = _check_tensor("A", A)
     dtype_id = _check_float_dtype("A", A.dtype)
     qt = _check_quant_type(quant_type)
     bs = _check_blocksize_4bit(blocksize)
@@ -472,7 +465,7 @@ def gemv_4bit(A: torch.Tensor, B_packed: torch.Tensor, quant_state: QuantState, 
     a pairwise lane tree), plus bias (converted to A's dtype) added once, then rounded to A's dtype: the bits do
     not depend on the thread count. Gradients flow to A and bias (the weight is frozen).
     """
-    A = _check_dense("A", _check_tensor("A", A))
+    A = _check_tensor("A", A)
     _check_float_dtype("A", A.dtype)
     state = _check_quant_state(quant_state)
     if len(state.shape) != 2:
