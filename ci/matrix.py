@@ -34,6 +34,7 @@ COMPRESSION = {"all": "-Xfatbin=-compress-all", "size": "--compress-mode=size"}
 _COMMON_KEYS = {"backend", "reason", "platforms", "host_compiler"}
 _CUDA_KEYS = {"toolkit", "sass", "ptx", "compression", "min_driver"}
 _OPTIONAL_KEYS = {"toolkit_source"}
+_PLATFORM_KEYS = {"glibc_floor", "wheel_budget_mib"}
 _NAME = re.compile(r"^(cpu|cuda\d{3,4})$")
 _TOOLKIT = re.compile(r"^\d{2}\.\d{1,2}$")
 _DRIVER = re.compile(r"^\d{3}\.\d{1,3}(\.\d{1,3})?$")
@@ -48,7 +49,9 @@ class Problem:
     fix: str
 
     def __str__(self) -> str:
-        return f"[variants.{self.row}] {self.what}\n    fix: {self.fix}"
+        where = self.row if self.row.startswith(("(", "platforms.")) else f"variants.{self.row}"
+        where = where if where.startswith("(") else f"[{where}]"
+        return f"{where} {self.what}\n    fix: {self.fix}"
 
 
 class MatrixError(Exception):
@@ -59,6 +62,15 @@ class MatrixError(Exception):
         self.problems = problems
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{path}: {len(problems)} problem(s); nothing was built:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """One [platforms.<name>] table: what every library and wheel built for that platform must satisfy."""
+
+    name: str
+    glibc_floor: str | None  # the newest GLIBC_ symbol version any library may ask for (Linux only)
+    wheel_budget_mib: float  # the most the platform's wheel may weigh, every bundled variant included
 
 
 @dataclass(frozen=True)
@@ -236,11 +248,54 @@ def validate_row(name: str, row: Any) -> list[Problem]:
     return problems
 
 
+# ---------------------------------------------------------------- [platforms.*]
+
+_GLIBC = re.compile(r"^2\.\d{1,2}$")
+
+
+def _check_platform(name: str, row: Any) -> list[Problem]:
+    where = f"platforms.{name}"
+    if name not in PLATFORMS:
+        return [Problem(where, "is not a known platform", f"use one of {list(PLATFORMS)}")]
+    if not isinstance(row, dict):
+        return [Problem(where, "is not a table", f"write it as [platforms.{name}] with its keys")]
+    problems = [Problem(where, f"unknown key {k!r}", f"remove it or rename it to one of {sorted(_PLATFORM_KEYS)}")
+                for k in sorted(row.keys() - _PLATFORM_KEYS)]
+    floor = row.get("glibc_floor")
+    if name.startswith("linux"):
+        if not isinstance(floor, str) or not _GLIBC.match(floor):
+            problems.append(Problem(where, f"glibc_floor is {floor!r}",
+                                    'write the oldest glibc the wheel must load on, e.g. glibc_floor = "2.17"'))
+        elif tuple(map(int, floor.split("."))) > (2, 24):
+            problems.append(Problem(where, f"glibc_floor {floor} is above 2.24",
+                                    "the wheels promise manylinux_2_24 at worst: keep the floor at 2.24 or lower"))
+    elif floor is not None:
+        problems.append(Problem(where, "glibc_floor on a platform without glibc", "remove it"))
+    budget = row.get("wheel_budget_mib")
+    if type(budget) not in (int, float) or not 0 < budget <= 1000:
+        problems.append(Problem(where, f"wheel_budget_mib is {budget!r}",
+                                "give the wheel's size budget in MiB, e.g. wheel_budget_mib = 12"))
+    return problems
+
+
+def _platforms(doc: dict) -> dict[str, Platform]:
+    return {name: Platform(name, row.get("glibc_floor"), float(row["wheel_budget_mib"]))
+            for name, row in doc["platforms"].items()}
+
+
 # ---------------------------------------------------------------- the whole file
 
 def _check_document(doc: dict) -> list[Problem]:
-    problems = [Problem("(top)", f"unknown top-level key {k!r}", "only `schema` and [variants.*] belong at the top")
-                for k in sorted(doc.keys() - {"schema", "variants"})]
+    problems = [Problem("(top)", f"unknown top-level key {k!r}",
+                        "only `schema`, [platforms.*] and [variants.*] belong at the top")
+                for k in sorted(doc.keys() - {"schema", "platforms", "variants"})]
+    plats = doc.get("platforms")
+    if not isinstance(plats, dict) or sorted(plats) != sorted(PLATFORMS):
+        problems.append(Problem("(top)", f"[platforms.*] tables are {sorted(plats) if isinstance(plats, dict) else plats}",
+                                f"write one [platforms.<name>] table for each of {list(PLATFORMS)}"))
+    if isinstance(plats, dict):
+        for name, row in plats.items():
+            problems += _check_platform(name, row)
     if doc.get("schema") != SCHEMA:
         problems.append(Problem("(top)", f"schema is {doc.get('schema')!r}", f"set schema = {SCHEMA}"))
     variants = doc.get("variants")
@@ -277,6 +332,13 @@ def _variant(name: str, row: dict) -> Variant:
 def load(path: Path = MATRIX_PATH) -> dict[str, Variant]:
     """Read and validate a matrix file."""
     return parse(Path(path).read_text(encoding="utf-8"), Path(path))
+
+
+def load_platforms(path: Path = MATRIX_PATH) -> dict[str, Platform]:
+    """The validated [platforms.*] tables of a matrix file (the whole file is validated first)."""
+    text = Path(path).read_text(encoding="utf-8")
+    parse(text, Path(path))
+    return _platforms(tomllib.loads(text))
 
 
 # ---------------------------------------------------------------- derivations

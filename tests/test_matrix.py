@@ -21,8 +21,19 @@ ptx = 120
 compression = "size"
 min_driver = "580.65.06"
 """
+PLATFORMS = """
+[platforms.linux-x86_64]
+glibc_floor = "2.17"
+wheel_budget_mib = 12
+[platforms.linux-aarch64]
+glibc_floor = "2.17"
+wheel_budget_mib = 8
+[platforms.win-amd64]
+wheel_budget_mib = 12
+"""
 CPU = """
 schema = 1
+""" + PLATFORMS + """
 [variants.cpu]
 backend = "cpu"
 reason = "serves CPU tensors in these tests"
@@ -91,7 +102,7 @@ BAD_ROWS = [
      ["toolkit_source.pypi", "pin"]),
     ("bad backend", _doc(**{'backend = "cuda"': 'backend = "rocm"'}), ["backend is 'rocm'"]),
     ("duplicated row (TOML)", _doc() + GOOD_CUDA, ["not valid TOML", "defined twice"]),
-    ("second cpu row", _doc() + CPU.replace("schema = 1", "").replace("variants.cpu", "variants.cpu2"),
+    ("second cpu row", _doc() + "[variants.cpu2]" + CPU.split("[variants.cpu]")[1],
      ["exactly one CPU row"]),
 ]
 
@@ -115,6 +126,31 @@ def test_unknown_top_level_key_and_schema():
     problems = _problems("schema = 2\ncolour = 1\n" + CPU.replace("schema = 1", ""))
     text = " ".join(p.what for p in problems)
     assert "schema is 2" in text and "'colour'" in text
+
+
+def test_the_real_platform_floors_are_at_most_manylinux_2_24():
+    plats = matrix.load_platforms()
+    assert set(plats) == set(matrix.PLATFORMS)
+    for p in plats.values():
+        if p.name.startswith("linux"):
+            assert tuple(map(int, p.glibc_floor.split("."))) <= (2, 24)
+        assert p.wheel_budget_mib > 0
+
+
+@pytest.mark.parametrize("edit, words", [
+    (('glibc_floor = "2.17"\nwheel_budget_mib = 12', 'glibc_floor = "2.34"\nwheel_budget_mib = 12'),
+     ["[platforms.linux-x86_64]", "above 2.24"]),
+    (("wheel_budget_mib = 8", "wheel_budget_mib = 0"), ["[platforms.linux-aarch64]", "wheel_budget_mib is 0"]),
+    (("[platforms.win-amd64]\n", '[platforms.win-amd64]\nglibc_floor = "2.17"\n'), ["without glibc"]),
+    (("[platforms.win-amd64]\nwheel_budget_mib = 12\n", ""), ["one [platforms.<name>] table for each"]),
+    (("wheel_budget_mib = 8", "wheel_budget_mib = 8\ncolour = 1"), ["unknown key 'colour'"]),
+])
+def test_bad_platform_tables_are_refused_with_the_fix(edit, words):
+    text = _doc()
+    assert edit[0] in text
+    message = str(matrix.MatrixError(matrix.MATRIX_PATH, _problems(text.replace(edit[0], edit[1], 1))))
+    for word in words:
+        assert word in message, f"{word!r} not in:\n{message}"
 
 
 def test_cli_check_refuses_sm70_on_cuda13_before_anything_runs(tmp_path):
