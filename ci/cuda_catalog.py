@@ -47,3 +47,31 @@ def toolkit_archs(toolkit: str) -> ToolkitArchs | None:
 def version_tuple(version: str) -> tuple[int, ...]:
     """"12.10" -> (12, 10): versions compare as numbers, never as strings ('11.10' > '11.7')."""
     return tuple(int(part) for part in version.split("."))
+
+
+@dataclass(frozen=True)
+class GpuGeneration:
+    """One GPU generation as the README's coverage table names it: its name and its compute capability."""
+
+    name: str
+    cc: int
+
+
+# The generations kbit's coverage table lists, oldest first (one compute capability each; e.g. Ampere's A100 is
+# sm_80 and its GeForce/workstation parts sm_86).
+GPU_GENERATIONS: tuple[GpuGeneration, ...] = (
+    GpuGeneration("Maxwell", 50), GpuGeneration("Pascal", 60), GpuGeneration("Volta", 70),
+    GpuGeneration("Turing", 75), GpuGeneration("Ampere A100", 80), GpuGeneration("Ampere RTX 30", 86),
+    GpuGeneration("Ada", 89), GpuGeneration("Hopper", 90), GpuGeneration("Blackwell B200", 100),
+    GpuGeneration("Blackwell RTX 50", 120),
+)
+
+
+def runs_sass(sass: int, gpu: int) -> bool:
+    """Whether SASS built for `sass` runs on a GPU of compute capability `gpu`: same major, minor at least."""
+    return sass // 10 == gpu // 10 and sass <= gpu
+
+
+def runs_ptx(ptx: int, gpu: int) -> bool:
+    """Whether the driver can JIT-compile PTX of `ptx` for a GPU of `gpu` (PTX runs on its arch and every newer)."""
+    return ptx <= gpu

@@ -7,7 +7,7 @@ names the row, what is wrong and the fix, so that a bad row is refused here and 
 whose own failure (`nvcc fatal : Unsupported gpu architecture 'compute_70'`) says none of that.
 
 CLI:  python ci/matrix.py check [--matrix PATH]
-      python ci/matrix.py list | cmake-args VARIANT | gha-matrix
+      python ci/matrix.py list | cmake-args VARIANT | gha-matrix | coverage-table [--write | --check]
 """
 from __future__ import annotations
 
@@ -377,6 +377,35 @@ def newest_fetchable_cuda(variants: dict[str, Variant]) -> Variant | None:
     return max(cuda, key=lambda v: cuda_catalog.version_tuple(v.toolkit), default=None)
 
 
+COVERAGE_BEGIN = "<!-- coverage-table: generated from matrix.toml by `python ci/matrix.py coverage-table --write`; do not edit -->"
+COVERAGE_END = "<!-- end coverage-table -->"
+
+
+def coverage_cell(v: Variant, gpu: int) -> str:
+    """How a CUDA row serves a GPU generation: SASS (runs as built), PTX-JIT (the driver compiles the PTX) or none."""
+    if any(cuda_catalog.runs_sass(a, gpu) for a in v.sass):
+        return "SASS"
+    return "PTX-JIT" if v.ptx is not None and cuda_catalog.runs_ptx(v.ptx, gpu) else "none"
+
+
+def coverage_table(variants: dict[str, Variant]) -> str:
+    """The README's coverage table (markdown): GPU generation by CUDA variant."""
+    cuda = [v for v in variants.values() if v.backend == "cuda"]
+    lines = ["| GPU generation | " + " | ".join(f"{v.name} (CUDA {v.toolkit})" for v in cuda) + " |",
+             "|---|" + "---|" * len(cuda)]
+    for gen in cuda_catalog.GPU_GENERATIONS:
+        lines.append(f"| {gen.name} sm_{gen.cc} | " + " | ".join(coverage_cell(v, gen.cc) for v in cuda) + " |")
+    return "\n".join(lines)
+
+
+def with_coverage_table(readme: str, table: str) -> str:
+    """README text with the generated table between its markers (MatrixError-free: ValueError without markers)."""
+    begin, end = readme.find(COVERAGE_BEGIN), readme.find(COVERAGE_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"README.md has no coverage-table markers ({COVERAGE_BEGIN!r} ... {COVERAGE_END!r})")
+    return readme[:begin + len(COVERAGE_BEGIN)] + "\n" + table + "\n" + readme[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ci/matrix.py", description=__doc__.splitlines()[0])
     parser.add_argument("--matrix", type=Path, default=MATRIX_PATH, help="matrix file (default: matrix.toml)")
@@ -385,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="one line per variant")
     sub.add_parser("gha-matrix", help="the CI job matrix as JSON")
     sub.add_parser("newest-cuda", help="the CUDA row with the newest toolkit that has a toolkit_source")
+    cov = sub.add_parser("coverage-table", help="the README's GPU-generation coverage table (markdown)")
+    cov.add_argument("--write", action="store_true", help="write it into README.md between its markers")
+    cov.add_argument("--check", action="store_true", help="exit 1 when README.md's copy is stale")
     cm = sub.add_parser("cmake-args", help="CMake -D arguments of one variant")
     cm.add_argument("variant")
     args = parser.parse_args(argv)
@@ -406,11 +438,30 @@ def main(argv: list[str] | None = None) -> int:
             print("error: no CUDA row has a toolkit_source to fetch; add one to matrix.toml", file=sys.stderr)
             return 2
         print(newest.name)
+    elif args.cmd == "coverage-table":
+        return _coverage_command(variants, write=args.write, check=args.check)
     elif args.cmd == "cmake-args":
         if args.variant not in variants:
             print(f"error: no variant {args.variant!r} in {args.matrix}; known: {', '.join(variants)}", file=sys.stderr)
             return 2
         print("\n".join(cmake_args(variants[args.variant])))
+    return 0
+
+
+def _coverage_command(variants: dict[str, Variant], *, write: bool, check: bool) -> int:
+    table = coverage_table(variants)
+    if not (write or check):
+        print(table)
+        return 0
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    fresh = with_coverage_table(text, table)
+    if check and fresh != text:
+        print(f"error: {readme}'s coverage table is stale. fix: python ci/matrix.py coverage-table --write",
+              file=sys.stderr)
+        return 1
+    if write and fresh != text:
+        readme.write_text(fresh, encoding="utf-8")
     return 0
 
 

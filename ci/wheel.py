@@ -335,12 +335,21 @@ def audit_problems(audit: Audit, floor: str, evidence: dict[str, str]) -> list[s
     return problems
 
 
+def binfile():
+    """python/kbit/_binfile.py, the runtime's own ELF reader (headers and sections only), loaded by path: the
+    kbit package itself needs torch, which this environment does not have."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kbit_binfile", ROOT / "python" / "kbit" / "_binfile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def library_evidence(paths: list[Path], plat: str) -> dict[str, str]:
     """Per library, the newest GLIBC_ version and the DT_NEEDED list it asks for (kbit's own ELF reader), plus what
     ci/portability.py finds when that module is present."""
-    sys.path.insert(0, str(ROOT / "python"))
-    from kbit import _binfile  # the runtime's reader of the same facts, reading headers and sections only
-
+    _binfile = binfile()
     try:
         from ci import portability
     except ImportError:  # ci/portability.py owns the full ELF check (another change); its findings join when present
@@ -429,9 +438,7 @@ def table(rows: list[Row]) -> str:
 
 def check_staged(staging: Path, chosen: list[matrix.Variant], plat: str, log) -> tuple[list[str], list[Row], dict]:
     """The gates on the staged libraries: build info, manifest, row, commit, cuobjdump. (failures, rows, evidence)."""
-    sys.path.insert(0, str(ROOT / "python"))
-    from kbit import _binfile
-
+    _binfile = binfile()
     commit, failures, rows = current_commit(), [], []
     tool = find_cuobjdump() if any(v.backend == "cuda" for v in chosen) else None
     native = plat == build_variant.current_platform()

@@ -86,38 +86,56 @@ _SHT_DYNAMIC, _SHT_VERNEED, _DT_NEEDED = 6, 0x6FFFFFFE, 1
 
 def requirements(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(DT_NEEDED libraries, symbol versions needed such as GLIBC_2.34) of an ELF library; ((), ()) when the
-    file is not a readable 64-bit ELF library. Read from the section headers, without loading the file."""
+    file is not a readable 64-bit ELF library. Reads the ELF header, the section headers, the .dynamic and
+    .gnu.version_r sections and their string tables: a few KB, never the whole file (a CUDA library is MBs)."""
     try:
-        data = path.read_bytes()
-    except OSError:
+        with path.open("rb") as f:
+            return _requirements(f, path.stat().st_size)
+    except (OSError, struct.error, ValueError, IndexError):
         return (), ()
-    if len(data) < 64 or data[:4] != _ELF_MAGIC or data[4] != 2 or _elf_header_problem(data[:64], len(data)):
+
+
+def _requirements(f, size: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    head = f.read(64)
+    if len(head) < 64 or head[:4] != _ELF_MAGIC or head[4] != 2 or _elf_header_problem(head, size):
         return (), ()
-    order = "<" if data[5] == 1 else ">"
-    shoff = struct.unpack_from(order + "Q", data, 40)[0]
-    shentsize, shnum = struct.unpack_from(order + "HH", data, 58)
-    sections = [struct.unpack_from(order + "IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)]
+    order = "<" if head[5] == 1 else ">"
+    shoff = struct.unpack_from(order + "Q", head, 40)[0]
+    shentsize, shnum = struct.unpack_from(order + "HH", head, 58)
+    f.seek(shoff)
+    table = f.read(shentsize * shnum)
+    sections = [struct.unpack_from(order + "IIQQQQII", table, i * shentsize) for i in range(shnum)]
+
+    def read(index: int) -> bytes:  # one section's bytes
+        offset, length = sections[index][4], sections[index][5]
+        f.seek(offset)
+        return f.read(length)
+
     needed, versions = [], []
-    for _, sh_type, _, _, offset, size, link, info in sections:
-        strtab = sections[link][4] if link < len(sections) else 0
+    for _, sh_type, _, _, offset, length, link, info in sections:
+        if sh_type not in (_SHT_DYNAMIC, _SHT_VERNEED) or link >= len(sections):
+            continue
+        strtab = read(link)
+        f.seek(offset)
+        data = f.read(length)
         if sh_type == _SHT_DYNAMIC:
-            for pos in range(offset, offset + size, 16):
+            for pos in range(0, len(data) - 15, 16):
                 tag, val = struct.unpack_from(order + "qQ", data, pos)
                 if tag == _DT_NEEDED:
-                    needed.append(_cstr(data, strtab + val))
-        elif sh_type == _SHT_VERNEED:
-            versions += _verneed(data, order, offset, info, strtab)
+                    needed.append(_cstr(strtab, val))
+        else:
+            versions += _verneed(data, order, 0, info, strtab)
     return tuple(needed), tuple(sorted(set(versions)))
 
 
-def _verneed(data: bytes, order: str, pos: int, count: int, strtab: int) -> list[str]:
+def _verneed(data: bytes, order: str, pos: int, count: int, strtab: bytes) -> list[str]:
     found = []
     for _ in range(count):
         _, cnt, _, aux, nxt = struct.unpack_from(order + "HHIII", data, pos)
         apos = pos + aux
         for _ in range(cnt):
             _, _, _, name, anext = struct.unpack_from(order + "IHHII", data, apos)
-            found.append(_cstr(data, strtab + name))
+            found.append(_cstr(strtab, name))
             apos += anext
         pos += nxt
     return found

@@ -14,11 +14,12 @@ from kbit import _errors, _native
 
 def library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
     """The library that serves tensor `t` (called `name` in messages)."""
+    from kbit import _runtime  # imported at the first native call, not with kbit
+
     if t.device.type == "cpu":
+        _runtime.check_override_once()  # a malformed BNB_CUDA_VERSION is named even in CPU-only work
         return _native.cpu()
     if t.device.type == "cuda":
-        from kbit import _runtime  # imported at the first CUDA tensor: CPU-only work never pays for it
-
         index = t.device.index if t.device.index is not None else torch.cuda.current_device()
         return _runtime.cuda_library(index, name)
     raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors. "

@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kbit import _binfile
+
 _CC_MAJOR, _CC_MINOR = 75, 76  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
 _ENV_KEYS = ("BNB_CUDA_VERSION", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH")
 
@@ -97,6 +99,7 @@ class Variant:
     library: Path | None
     present: bool
     manifest: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
+    glibc: str | None = None  # the newest GLIBC_ version the library file asks for (read from its ELF sections)
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,8 @@ def gather_variants(manifests: dict[str, dict], library_path) -> tuple[Variant, 
             name=name, backend=str(info.get("backend")), toolkit=parse_cuda_version(info["toolkit"]) if info.get("toolkit") else None,
             toolkit_text=info.get("toolkit"), sass=tuple(int(a) for a in sass), ptx=info.get("ptx"),
             min_driver=info.get("min_driver"), kbit_version=info.get("kbit_version"), library=path,
-            present=path is not None and path.is_file(), manifest=info))
+            present=path is not None and path.is_file(), manifest=info,
+            glibc=_binfile.glibc_needed(path) if path is not None and path.is_file() else None))
     return tuple(found)
 
 

@@ -15,10 +15,11 @@ from kbit._facts import cuda_version_text
 
 def _variant_line(v) -> str:
     state = "present" if v.present else "MISSING library file"
+    glibc = f"  glibc >= {v.glibc}" if v.glibc else ""
     if v.backend != "cuda":
-        return f"  {v.name:9} {v.backend}  {v.library.name if v.library else '?'} ({state})"
+        return f"  {v.name:9} {v.backend}  {v.library.name if v.library else '?'}{glibc} ({state})"
     floor = f"  min driver {v.min_driver}" if v.min_driver else ""
-    return f"  {v.name:9} CUDA {v.toolkit_text}  {_policy.archs_text(v)}{floor}  ({state})"
+    return f"  {v.name:9} CUDA {v.toolkit_text}  {_policy.archs_text(v)}{floor}{glibc}  ({state})"
 
 
 def _facts_lines(report) -> list[str]:

@@ -73,6 +73,20 @@ def decision() -> _policy.Decision:
     return _once("decision", make)
 
 
+def check_override_once() -> None:
+    """At the first CPU call: one KbitWarning when BNB_CUDA_VERSION is malformed. CPU tensors do not use it (the
+    CPU library serves them), so without this a typo would pass unnoticed until the first CUDA tensor, which
+    still raises BadOverrideError (and `python -m kbit` exits 3)."""
+    def make():
+        try:
+            _policy.parse_override(override(), tuple(sorted(_native.bundled_manifests())))
+        except _errors.BadOverrideError as exc:
+            warnings.warn(f"{exc}. CPU tensors are served by the CPU library regardless; the first CUDA tensor "
+                          f"raises BadOverrideError", _errors.KbitWarning, stacklevel=_user_stacklevel())
+        return True
+    _once("override_checked", make)
+
+
 def cuda_library(device_index: int, name: str = "the tensor") -> _native.NativeLibrary:
     """The library serving CUDA tensors on device `device_index`; a typed error when none can."""
     chosen = decision()
