@@ -5,7 +5,8 @@
 - toolkit-<variant>: fetch the row's CUDA toolkit (toolkit_source) into .toolkits/<variant>.
 - wheel: build every variant this machine can and assemble one gated wheel in dist/ (ci/wheel.py);
   `-- --provision` fetches missing toolkits first, `-- --prebuilt DIR` assembles libraries built elsewhere.
-- tests: the test suite in a fresh venv with the package installed (README's test command).
+- tests: README's test command: builds and proves the wheel (as `wheel -- --provision`), installs that wheel
+  (not the checkout) into a fresh venv and runs pytest there.
 - check: validate matrix.toml and the generated numerics tables.
 - bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py).
 """
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from ci import matrix  # noqa: E402
+from ci import wheel as ci_wheel  # noqa: E402
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]
@@ -98,10 +100,12 @@ def check(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (pytest) in a fresh venv with kbit installed from this checkout."""
+    """Build and prove the wheel (nox -s wheel -- --provision), install it into a fresh venv, run pytest."""
+    _wheel(session, args=["--provision"])
+    built = ci_wheel.built_wheel()
     session.install(*TEST_TORCH)
-    session.install(".[test]", *BUILD_TOOLS, *TEST_TOOLS)
-    session.run("pytest", *session.posargs)
+    session.install(f"{built}[test]", *BUILD_TOOLS, *TEST_TOOLS)
+    session.run("pytest", *session.posargs, env={"KBIT_TEST_WHEEL": str(built)})
 
 
 # Extra pip requirements for the bench venv, e.g. KBIT_BENCH_EXTRA="bitsandbytes==0.50.2" to print its figures too.

@@ -17,6 +17,7 @@ from kbit import _errors, _facts, _native, _platform, _policy
 
 _lock = threading.RLock()
 _cache: dict[str, object] = {}
+_override_checked = False  # apart from _cache: checking the variable's syntax is no decision and asks no driver
 
 
 def _once(key: str, make):
@@ -77,14 +78,18 @@ def check_override_once() -> None:
     """At the first CPU call: one KbitWarning when BNB_CUDA_VERSION is malformed. CPU tensors do not use it (the
     CPU library serves them), so without this a typo would pass unnoticed until the first CUDA tensor, which
     still raises BadOverrideError (and `python -m kbit` exits 3)."""
-    def make():
+    global _override_checked
+    if _override_checked:
+        return
+    with _lock:
+        if _override_checked:
+            return
+        _override_checked = True
         try:
             _policy.parse_override(override(), tuple(sorted(_native.bundled_manifests())))
         except _errors.BadOverrideError as exc:
             warnings.warn(f"{exc}. CPU tensors are served by the CPU library regardless; the first CUDA tensor "
                           f"raises BadOverrideError", _errors.KbitWarning, stacklevel=_user_stacklevel())
-        return True
-    _once("override_checked", make)
 
 
 def cuda_library(device_index: int, name: str = "the tensor") -> _native.NativeLibrary:
@@ -112,5 +117,7 @@ def _check_device(variant: str, index: int, name: str) -> None:
 
 def reset() -> None:
     """Forget every fact and the decision (tests; a changed environment). Loaded libraries stay loaded."""
+    global _override_checked
     with _lock:
         _cache.clear()
+        _override_checked = False
