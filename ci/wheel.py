@@ -6,7 +6,8 @@ ci/toolkit_fetch.py), building each variant (ci/build_variant.py), and then one 
 local build and libraries built elsewhere (`--prebuilt DIR`, the release pipeline's GitHub Actions artifacts):
   1. check the staged files: every library's kbit_build_info (loaded in a fresh process) equals its manifest, the
      manifest equals its matrix.toml row (SASS set, PTX arch, toolkit) and the current commit; cuobjdump finds in
-     each CUDA library exactly the row's SASS set and its single PTX arch;
+     each CUDA library exactly the row's SASS set and its single PTX arch; ci/portability.py (when present) judges
+     each Linux library against the floor's manylinux policy;
   2. scikit-build-core builds the wheel (`pip wheel`), with CMake installing the staged files (cmake/prebuilt.cmake);
   3. `auditwheel show --json` must prove the platform's glibc floor (matrix.toml [platforms.*] glibc_floor) with no
      library outside the manylinux whitelist, and `auditwheel repair --plat manylinux_<floor>_<arch>` writes the
@@ -346,22 +347,31 @@ def binfile():
     return module
 
 
-def library_evidence(paths: list[Path], plat: str) -> dict[str, str]:
-    """Per library, the newest GLIBC_ version and the DT_NEEDED list it asks for (kbit's own ELF reader), plus what
-    ci/portability.py finds when that module is present."""
+def library_evidence(paths: list[Path]) -> dict[str, str]:
+    """Per library, the newest GLIBC_ version and the DT_NEEDED list it asks for (kbit's own ELF reader)."""
     _binfile = binfile()
-    try:
-        from ci import portability
-    except ImportError:  # ci/portability.py owns the full ELF check (another change); its findings join when present
-        portability = None
     found = {}
     for path in paths:
         needed, _ = _binfile.requirements(path)
-        text = f"needs glibc {_binfile.glibc_needed(path) or 'none'}, DT_NEEDED {', '.join(needed)}"
-        if portability is not None:
-            text += "".join(f"; {p}" for p in portability.check(path, plat))
-        found[path.name] = text
+        found[path.name] = f"needs glibc {_binfile.glibc_needed(path) or 'none'}, DT_NEEDED {', '.join(needed)}"
     return found
+
+
+def portability_problems(paths: list[Path], plat: str) -> list[str]:
+    """ci/portability.py's per-library judgement (whitelist, symbol versions, unversioned references) against the
+    platform's floor policy, run on every staged library, so that --prebuilt libraries get the check a local build
+    gets. ci/portability.py is its own change; until it is present, auditwheel's verdict below is the gate."""
+    try:
+        from ci import portability
+    except ImportError:
+        return []
+    problems = []
+    for path in paths:
+        try:
+            problems += [f"{path.name}: {p.what}. fix: {p.fix}" for p in portability.check(path, plat)]
+        except portability.PortabilityError as exc:
+            problems.append(f"{path.name}: the portability check cannot run: {exc}")
+    return problems
 
 
 def size_problems(wheel: Path, budget_mib: float) -> list[str]:
@@ -459,9 +469,12 @@ def check_staged(staging: Path, chosen: list[matrix.Variant], plat: str, log) ->
         glibc = (_binfile.glibc_needed(library) or "none") if plat.startswith("linux") else "n/a"
         rows.append(Row(v.name, str(manifest.get("toolkit") or "-"), " ".join(map(str, manifest.get("sass") or [])) or "-",
                         str(manifest.get("ptx") or "-"), library.stat().st_size, glibc))
-    evidence = library_evidence([staging / matrix.library_filename(v.name, plat) for v in chosen
-                                 if (staging / matrix.library_filename(v.name, plat)).is_file()], plat) \
-        if plat.startswith("linux") else {}
+    libraries = [staging / matrix.library_filename(v.name, plat) for v in chosen]
+    libraries = [lib for lib in libraries if lib.is_file()]
+    evidence = {}
+    if plat.startswith("linux"):
+        evidence = library_evidence(libraries)
+        failures += portability_problems(libraries, plat)
     return failures, rows, evidence
 
 

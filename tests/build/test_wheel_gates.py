@@ -223,3 +223,21 @@ def test_the_coverage_table_follows_the_rows():
     changed = dict(VARIANTS)
     changed["cuda130"] = matrix.Variant(**{**VARIANTS["cuda130"].__dict__, "sass": (75, 80), "ptx": 80})
     assert "| Hopper sm_90 | SASS | SASS | SASS | PTX-JIT |" in matrix.coverage_table(changed)
+
+
+def test_portability_findings_become_gate_failures_for_every_staged_library(monkeypatch, tmp_path):
+    import types
+    from dataclasses import dataclass
+
+    @dataclass
+    class Problem:
+        what: str
+        fix: str
+
+    fake = types.SimpleNamespace(PortabilityError=RuntimeError,
+                                 check=lambda path, plat: [Problem(f"needs GLIBC_2.34 on {plat}", "link for the floor")]
+                                 if "cuda" in path.name else [])
+    monkeypatch.setitem(sys.modules, "ci.portability", fake)
+    libs = [tmp_path / "libkbit_cpu.so", tmp_path / "libkbit_cuda130.so"]
+    assert wheel.portability_problems(libs, PLAT) == [
+        "libkbit_cuda130.so: needs GLIBC_2.34 on linux-x86_64. fix: link for the floor"]
