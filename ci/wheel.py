@@ -484,6 +484,9 @@ def assemble(staging: Path, chosen: list[matrix.Variant], plat: str, *, dist: Pa
     platforms = matrix.load_platforms()
     target = platforms[plat]
     failures, rows, evidence = check_staged(staging, chosen, plat, log)
+    missing = [name for name in staged_files(chosen, plat) if not (staging / name).is_file()]
+    if missing:  # nothing to assemble: say so with every other finding, before CMake would stop at the first
+        raise GateError(failures + [f"{staging} lacks {', '.join(missing)}"])
     unaudited = build_wheel(staging, staged_files(chosen, plat), UNAUDITED, log)
     if plat.startswith("linux"):
         audit = auditwheel_show(unaudited)
