@@ -241,3 +241,11 @@ def test_portability_findings_become_gate_failures_for_every_staged_library(monk
     libs = [tmp_path / "libkbit_cpu.so", tmp_path / "libkbit_cuda130.so"]
     assert wheel.portability_problems(libs, PLAT) == [
         "libkbit_cuda130.so: needs GLIBC_2.34 on linux-x86_64. fix: link for the floor"]
+
+
+def test_recorded_auditwheel_json_of_portable_libraries_proves_the_floor():
+    # recorded on the wheel built with the portable link (CPU library without libgomp, glibc references pinned)
+    audit = wheel.parse_audit_json((DATA / "auditwheel_show_with_link_2_17.json").read_text())
+    assert audit.sym_tag == "manylinux_2_17_x86_64" and not audit.external_libs
+    assert wheel.audit_problems(audit, "2.17", {"libkbit_cpu.so": "unused"}) == []
+    assert wheel.audit_problems(audit, "2.12", {}) != []  # the same wheel does not prove an older floor
