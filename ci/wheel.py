@@ -16,7 +16,7 @@ Every failed gate is collected and reported with its evidence and fix (GateError
 itself (CMake via ci/build_variant.py does) and writes no tag by hand. The --prebuilt path is platform-neutral:
 it imports neither ci/toolkit_fetch.py (fcntl) nor anything Linux-only, and the Linux-only gates say so on Windows.
 
-CLI: python ci/wheel.py [--provision] [--variants cpu,cuda130] [--prebuilt DIR] [--dist DIR]
+CLI: python ci/wheel.py [--provision] [--variants cpu,cuda130] [--prebuilt DIR] [--dist DIR] [--work DIR]
 """
 from __future__ import annotations
 
@@ -488,7 +488,8 @@ def check_staged(staging: Path, chosen: list[matrix.Variant], plat: str, log) ->
     return failures, rows, evidence
 
 
-def assemble(staging: Path, chosen: list[matrix.Variant], plat: str, *, dist: Path = DIST, log=print) -> Path:
+def assemble(staging: Path, chosen: list[matrix.Variant], plat: str, *, dist: Path = DIST, work: Path = UNAUDITED,
+             log=print) -> Path:
     """The one assembly path (local builds and --prebuilt): check the staged files, build the wheel with
     scikit-build-core, prove it with auditwheel, write it into dist/ with the proved tag, check its size."""
     platforms = matrix.load_platforms()
@@ -497,7 +498,7 @@ def assemble(staging: Path, chosen: list[matrix.Variant], plat: str, *, dist: Pa
     missing = [name for name in staged_files(chosen, plat) if not (staging / name).is_file()]
     if missing:  # nothing to assemble: say so with every other finding, before CMake would stop at the first
         raise GateError(failures + [f"{staging} lacks {', '.join(missing)}"])
-    unaudited = build_wheel(staging, staged_files(chosen, plat), UNAUDITED, log)
+    unaudited = build_wheel(staging, staged_files(chosen, plat), work, log)
     if plat.startswith("linux"):
         audit = auditwheel_show(unaudited)
         log(f"auditwheel show {unaudited.name}: sym_tag {audit.sym_tag}, overall {audit.overall_tag}, "
@@ -535,12 +536,12 @@ def built_wheel(dist: Path = DIST) -> Path:
 # ------------------------------------------------------------------------------------ the session
 
 def run(*, provision: bool, names: tuple[str, ...] | None, prebuilt: Path | None, dist: Path = DIST,
-        log=print) -> Path:
+        work: Path = UNAUDITED, log=print) -> Path:
     """`nox -s wheel`: provision, build and stage (or take --prebuilt), then assemble and gate."""
     variants, plat = matrix.load(), build_variant.current_platform()
     if prebuilt is not None:
         chosen = [v for v in variants_in(prebuilt, variants, plat) if not names or v.name in names]
-        return assemble(prebuilt, chosen, plat, dist=dist, log=log)
+        return assemble(prebuilt, chosen, plat, dist=dist, work=work, log=log)
     if provision:
         provision_missing(variants, plat, names, log)
     selection = select(variants, plat, names, toolkit_here)
@@ -553,7 +554,7 @@ def run(*, provision: bool, names: tuple[str, ...] | None, prebuilt: Path | None
         timings.append(f"{v.name} {time.perf_counter() - start:.1f} s")
         staging = result.library.parent
     log("build times: " + ", ".join(timings))
-    return assemble(staging, list(selection.build), plat, dist=dist, log=log)
+    return assemble(staging, list(selection.build), plat, dist=dist, work=work, log=log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -562,11 +563,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", help="comma-separated rows to build (default: every row this machine can)")
     parser.add_argument("--prebuilt", type=Path, help="assemble from libraries and manifests built elsewhere")
     parser.add_argument("--dist", type=Path, default=DIST, help="where the audited wheel goes (default: dist/)")
+    parser.add_argument("--work", type=Path, default=UNAUDITED,
+                        help="where scikit-build-core's wheel waits for auditwheel (default: build/wheel/)")
     args = parser.parse_args(argv)
     names = tuple(n.strip() for n in args.variants.split(",")) if args.variants else None
     start = time.perf_counter()
     try:
-        wheel = run(provision=args.provision, names=names, prebuilt=args.prebuilt, dist=args.dist)
+        wheel = run(provision=args.provision, names=names, prebuilt=args.prebuilt, dist=args.dist, work=args.work)
     except (matrix.MatrixError, build_variant.BuildError, WheelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,8 +39,8 @@ def artifacts(tmp_path) -> tuple[Path, Path]:
 
 
 def _assemble(folder: Path, dist: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "ci" / "wheel.py"), "--prebuilt", str(folder), "--dist", str(dist)],
-                          capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(ROOT / "ci" / "wheel.py"), "--prebuilt", str(folder), "--dist", str(dist),
+                           "--work", str(dist.parent / "work")], capture_output=True, text=True)
 
 
 def test_prebuilt_libraries_make_the_same_wheel_with_the_same_bytes(artifacts, tmp_path):
