@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/args.h"
+#include "common/host_tables.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
@@ -19,11 +20,9 @@
 namespace kbit {
 namespace {
 
-const float kNf4Table[16] = KBIT_NF4_VALUES;
-const float kFp4Table[16] = KBIT_FP4_VALUES;
 constexpr int64_t kStreamingBytes = int64_t{16} << 20;  // outputs above this bypass the cache
 
-const float* table_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4Table : kNf4Table; }
+const float* table_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4Values : kNf4Values; }
 
 
 // ------------------------------------------------------------------------------------------ quantize

@@ -152,12 +152,4 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
   });
 }
 
-KBIT_API int kbit_device_count(int32_t* count) {
-  return kbit::guarded("kbit_device_count", [&]() -> int {
-    KBIT_CHECK(count != nullptr, KBIT_ERR_INVALID_ARGUMENT, "count is NULL");
-    *count = 0;  // the CPU library drives no accelerator
-    return KBIT_OK;
-  });
-}
-
 }  // extern "C"

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/args.h"
+#include "common/host_tables.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
@@ -12,8 +13,6 @@
 namespace kbit {
 namespace {
 
-const float kNf4Table[16] = KBIT_NF4_VALUES;
-const float kFp4Table[16] = KBIT_FP4_VALUES;
 
 /* Codes [k, stop) of a row segment inside one block (flat index of k: first + k) decoded through the block's
  * 16 values: a leading odd nibble alone, then whole bytes (AVX2 lookup when available), then a trailing nibble. */
@@ -122,7 +121,7 @@ KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, co
       return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (rows == 0 || out_features == 0) return KBIT_OK;
-    const float* table = quant_type == KBIT_FP4 ? kbit::kFp4Table : kbit::kNf4Table;
+    const float* table = quant_type == KBIT_FP4 ? kbit::kFp4Values : kbit::kNf4Values;
     const int64_t M = rows, N = out_features, K = in_features;
     switch (dtype) {
       case KBIT_F32:

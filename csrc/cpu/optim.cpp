@@ -20,12 +20,12 @@ void update_32bit_range(T* p, const T* g, float* s1, float* s2, float* s3, int64
   const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it
   for (int64_t i = begin; i < end; ++i) {
     float a = s1[i];
-    float b = KIND == kAdam || KIND == kAdemamix ? s2[i] : 0.0f;
-    float c = KIND == kAdemamix ? s3[i] : 0.0f;
+    float b = has_state2(KIND) ? s2[i] : 0.0f;
+    float c = has_state3(KIND) ? s3[i] : 0.0f;
     p[i] = from_float<T>(optim_element(KIND, to_float(p[i]), to_float(g[i]), a, b, c, k));
     s1[i] = a;
-    if (KIND == kAdam || KIND == kAdemamix) s2[i] = b;
-    if (KIND == kAdemamix) s3[i] = c;
+    if (has_state2(KIND)) s2[i] = b;
+    if (has_state3(KIND)) s3[i] = c;
   }
 }
 
@@ -126,7 +126,7 @@ inline Scale rescale(const float* s, int len, QState q) {
 template <class T, int KIND>
 void update_8bit_block(T* p, const T* g, int len, QState q1, QState q2, QState q3, const OptimScalars& scalars) {
   const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it, so its fields stay in registers
-  constexpr bool two = KIND == kAdam || KIND == kAdemamix, three = KIND == kAdemamix;
+  constexpr bool two = has_state2(KIND), three = has_state3(KIND);
   // local copies: the uint8 code stores may alias anything, so fields read through a reference are reloaded
   // for every element
   const MapView signed_map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
@@ -219,55 +219,34 @@ struct Run8 {
 extern "C" {
 
 KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void* p, const void* g, float* state1,
-                                         float* state2, int64_t n, float lr, float beta1, float beta2, float beta3,
-                                         float alpha, float eps, float weight_decay, float correction1,
-                                         float correction2, float gnorm_scale, int32_t step, void* stream,
+                                         float* state2, int64_t n, const kbit_optim_params* params, void* stream,
                                          int32_t num_threads) {
   return kbit::guarded("kbit_optimizer_update_32bit", [&]() -> int {
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
+    kbit_optim_params a;
+    if (int s = kbit::read_optim_params(params, &a)) return s;
+    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-                                                          correction1, correction2, gnorm_scale, step);
-    return kbit::dispatch<kbit::Run32>(dtype, optimizer, p, g, state1, state2, n, k, num_threads);
+    return kbit::dispatch<kbit::Run32>(dtype, optimizer, p, g, state1, state2, n, kbit::make_optim_scalars(a),
+                                       num_threads);
   });
 }
 
 KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dtype, void* p, const void* g,
                                                   uint8_t* state1, uint8_t* state2, float* absmax1, float* absmax2,
-                                                  int64_t n, float lr, float beta1, float beta2, float beta3,
-                                                  float alpha, float eps, float weight_decay, float correction1,
-                                                  float correction2, float gnorm_scale, int32_t step, void* stream,
+                                                  int64_t n, const kbit_optim_params* params, void* stream,
                                                   int32_t num_threads) {
   return kbit::guarded("kbit_optimizer_update_8bit_blockwise", [&]() -> int {
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
+    kbit_optim_params a;
+    if (int s = kbit::read_optim_params(params, &a)) return s;
+    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-                                                          correction1, correction2, gnorm_scale, step);
-    return kbit::dispatch<kbit::Run8>(dtype, optimizer, p, g, state1, state2, absmax1, absmax2, n, k, num_threads);
-  });
-}
-
-KBIT_API int kbit_managed_alloc(void** out, int64_t bytes) {
-  return kbit::guarded("kbit_managed_alloc", [&]() -> int {
-    if (out != nullptr) *out = nullptr;
-    return kbit::fail(KBIT_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "kbit_managed_alloc",
-                      "paged optimizer states live in CUDA managed memory, which needs a CUDA library "
-                      "(libkbit_cuda<NNN>); %lld bytes were requested from the CPU library",
-                      static_cast<long long>(bytes));
-  });
-}
-
-KBIT_API int kbit_managed_free(void* ptr) {
-  return kbit::guarded("kbit_managed_free", [&]() -> int {
-    KBIT_CHECK(ptr == nullptr, KBIT_ERR_INVALID_ARGUMENT,
-               "the CPU library never allocates managed memory, so it cannot free %p; free it with the CUDA "
-               "library that allocated it", ptr);
-    return KBIT_OK;
+    return kbit::dispatch<kbit::Run8>(dtype, optimizer, p, g, state1, state2, absmax1, absmax2, n,
+                                      kbit::make_optim_scalars(a), num_threads);
   });
 }
 

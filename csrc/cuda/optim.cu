@@ -22,8 +22,6 @@ __constant__ float c_opt_unsigned_mid_lo[255] = KBIT_DYNAMIC_UNSIGNED_MID_LO;
 constexpr int kThreads32 = 256;
 constexpr int kMaxGrid = 4096;
 
-__device__ bool has_state2(int32_t kind) { return kind == kAdam || kind == kAdemamix; }
-
 template <class T>
 __global__ void optim32_kernel(int32_t kind, T* __restrict__ p, const T* __restrict__ g, float* __restrict__ s1,
                                float* __restrict__ s2, int64_t n, OptimScalars k) {
@@ -32,11 +30,11 @@ __global__ void optim32_kernel(int32_t kind, T* __restrict__ p, const T* __restr
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     float a = s1[i];
     float b = has_state2(kind) ? s2[i] : 0.0f;
-    float c = kind == kAdemamix ? s3[i] : 0.0f;
+    float c = has_state3(kind) ? s3[i] : 0.0f;
     p[i] = from_float<T>(optim_element(kind, to_float(p[i]), to_float(g[i]), a, b, c, k));
     s1[i] = a;
     if (has_state2(kind)) s2[i] = b;
-    if (kind == kAdemamix) s3[i] = c;
+    if (has_state3(kind)) s3[i] = c;
   }
 }
 
@@ -74,7 +72,7 @@ __global__ void __launch_bounds__(kOptimBlock) optim8_kernel(int32_t kind, T* __
   __shared__ float scratch[3][kOptimBlock / 32];
   stage_maps(sv, shi, slo, uv, uhi, ulo);
   const MapView smap{sv, shi, slo}, umap{uv, uhi, ulo};
-  const bool two = has_state2(kind), three = kind == kAdemamix;
+  const bool two = has_state2(kind), three = has_state3(kind);
   const int64_t blocks = (n + kOptimBlock - 1) / kOptimBlock;
   uint8_t* c3 = c1 + n;
   float* am3 = am1 + blocks;
@@ -148,19 +146,18 @@ int launch8(int32_t kind, void* p, const void* g, uint8_t* c1, uint8_t* c2, floa
 extern "C" {
 
 KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void* p, const void* g, float* state1,
-                                         float* state2, int64_t n, float lr, float beta1, float beta2, float beta3,
-                                         float alpha, float eps, float weight_decay, float correction1,
-                                         float correction2, float gnorm_scale, int32_t step, void* stream,
+                                         float* state2, int64_t n, const kbit_optim_params* params, void* stream,
                                          int32_t /*num_threads*/) {
   return kbit::guarded("kbit_optimizer_update_32bit", [&]() -> int {
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
+    kbit_optim_params a;
+    if (int s = kbit::read_optim_params(params, &a)) return s;
+    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
     if (n == 0) return KBIT_OK;
     const void* ptrs[] = {p, g, state1, state2};
     const char* names[] = {"p", "g", "state1", "state2"};
     if (int s = kbit::check_optim_pointers(ptrs, names, 4)) return s;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-                                                          correction1, correction2, gnorm_scale, step);
+    const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     auto st = static_cast<cudaStream_t>(stream);
     switch (dtype) {
       case KBIT_F32: return kbit::launch32<float>(optimizer, p, g, state1, state2, n, k, st);
@@ -172,20 +169,19 @@ KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void*
 
 KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dtype, void* p, const void* g,
                                                   uint8_t* state1, uint8_t* state2, float* absmax1, float* absmax2,
-                                                  int64_t n, float lr, float beta1, float beta2, float beta3,
-                                                  float alpha, float eps, float weight_decay, float correction1,
-                                                  float correction2, float gnorm_scale, int32_t step, void* stream,
+                                                  int64_t n, const kbit_optim_params* params, void* stream,
                                                   int32_t /*num_threads*/) {
   return kbit::guarded("kbit_optimizer_update_8bit_blockwise", [&]() -> int {
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
+    kbit_optim_params a;
+    if (int s = kbit::read_optim_params(params, &a)) return s;
+    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
     if (n == 0) return KBIT_OK;
     const void* ptrs[] = {p, g, state1, state2, absmax1, absmax2};
     const char* names[] = {"p", "g", "state1", "state2", "absmax1", "absmax2"};
     if (int s = kbit::check_optim_pointers(ptrs, names, 6)) return s;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-                                                          correction1, correction2, gnorm_scale, step);
+    const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     auto st = static_cast<cudaStream_t>(stream);
     switch (dtype) {
       case KBIT_F32:
