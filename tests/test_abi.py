@@ -159,7 +159,7 @@ def test_abi_mismatch_says_both_versions_and_to_restart(monkeypatch):
     with pytest.raises(kbit.AbiMismatchError) as info:
         _native.load_library(_native.cpu().path)
     text = str(info.value)
-    assert "ABI 1" in text and "ABI 999" in text and "restart" in text
+    assert f"ABI {_abi.ABI_VERSION}" in text and "ABI 999" in text and "restart" in text
 
 
 def test_loading_races_load_once():
@@ -185,6 +185,165 @@ print(len(calls), len({id(r) for r in results}), len(results))
     assert done.stdout.split() == ["1", "1", "16"]
 
 
-def test_build_manifest_is_json_from_the_build():
-    manifests = _native.bundled_manifests()
-    assert json.dumps(manifests["cpu"])  # plain JSON, no CMake artefacts
+BUILD_INFO_KEYS = {"abi", "kbit_version", "variant", "backend", "toolkit", "sass", "ptx", "compression", "min_driver",
+                   "compiler", "commit"}
+
+
+def test_build_manifest_file_holds_exactly_the_documented_keys_with_no_cmake_leftovers():
+    """The installed kbit_cpu.build.json: kbit.h's documented keys, no unexpanded ${...}, no -NOTFOUND value."""
+    path = _native.library_path("cpu").with_name("kbit_cpu.build.json")
+    text = path.read_text(encoding="utf-8")
+    info = json.loads(text)
+    documented = re.search(r"JSON: \{([^}]*)\}", HEADER).group(1)
+    assert set(info) == set(re.findall(r'"(\w+)"', documented))
+    assert "${" not in text and "NOTFOUND" not in text
+    assert isinstance(info["sass"], list) and info["abi"] == _abi.ABI_VERSION
+
+
+# ------------------------------------------------------------------------ kbit.h parsed, against kbit._abi
+
+def _code(header: str) -> str:
+    return re.sub(r"//[^\n]*", "", re.sub(r"/\*.*?\*/", " ", header, flags=re.S))
+
+
+def header_constants(header: str = HEADER) -> dict[str, int]:
+    """Every numeric constant of kbit.h: enum members and integer #defines, by name."""
+    code = _code(header)
+    found = {name: int(value) for name, value in re.findall(r"^#\s*define\s+(KBIT_\w+)\s+(-?\d+)\s*$", code, re.M)}
+    for body in re.findall(r"enum\s+\w+\s*\{([^}]*)\}", code):
+        for name, value in re.findall(r"(KBIT_\w+)\s*=\s*(-?\d+)", body):
+            found[name] = int(value)
+    return found
+
+
+_C_SCALARS = {"int": ctypes.c_int, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64, "uint32_t": ctypes.c_uint32,
+              "float": ctypes.c_float, "uint8_t": ctypes.c_uint8, "void": None, "char": ctypes.c_char}
+
+
+def header_structs(header: str = HEADER) -> dict[str, list[tuple[str, str]]]:
+    code = _code(header)
+    return {name: re.findall(r"(\w+)\s+(\w+)\s*;", body)
+            for name, body in re.findall(r"typedef\s+struct\s+(\w+)\s*\{([^}]*)\}", code)}
+
+
+def header_prototypes(header: str = HEADER) -> dict[str, tuple[str, list[str]]]:
+    """name -> (return type, [parameter types]) for every KBIT_API function, types as written without names."""
+    code = " ".join(_code(header).split())
+    found = {}
+    for ret, name, params in re.findall(r"KBIT_API\s+([\w\s\*]+?)\s*\b(kbit_\w+)\s*\(([^)]*)\)\s*;", code):
+        types = []
+        for param in params.split(","):
+            param = param.strip()
+            if param in ("void", ""):
+                continue
+            types.append(re.sub(r"\s*\b\w+$", "", param).replace(" *", "*").strip())
+        found[name] = (ret.replace(" *", "*").strip(), types)
+    return found
+
+
+def _accepts(c_type: str, py_type) -> bool:
+    """Whether the ctypes declaration py_type passes C type c_type exactly: scalars by identity, `T*` as
+    POINTER(T) (the struct's class for a struct pointer) or, for a data pointer, c_void_p."""
+    c_type = c_type.replace("const ", "").strip()
+    if c_type == "char*":
+        return py_type is ctypes.c_char_p
+    if c_type.endswith("*"):
+        target = c_type[:-1].strip()
+        if target in header_structs():
+            return py_type is ctypes.POINTER(_STRUCTS[target])
+        if py_type is ctypes.c_void_p:
+            return True
+        pointee = getattr(py_type, "_type_", None)
+        return isinstance(pointee, type) and _accepts(target, pointee)
+    return _C_SCALARS.get(c_type, object()) is py_type
+
+
+_STRUCTS = {"kbit_optim_params": _abi.OptimParams}
+
+
+def prototype_mismatches(prototypes: dict) -> list[str]:
+    """Every difference between kbit.h's prototypes and `prototypes` (kbit._abi.PROTOTYPES' form)."""
+    header = header_prototypes()
+    problems = [f"{n}: in kbit.h only" for n in header.keys() - prototypes.keys()]
+    problems += [f"{n}: in _abi only" for n in prototypes.keys() - header.keys()]
+    for name in header.keys() & prototypes.keys():
+        (c_ret, c_params), (py_ret, py_params) = header[name], prototypes[name]
+        if not _accepts(c_ret, py_ret):
+            problems.append(f"{name}: returns {c_ret}, declared {py_ret}")
+        if len(c_params) != len(py_params):
+            problems.append(f"{name}: {len(c_params)} parameters in kbit.h, {len(py_params)} declared")
+            continue
+        problems += [f"{name}: parameter {i} is {c} in kbit.h, declared {p}"
+                     for i, (c, p) in enumerate(zip(c_params, py_params)) if not _accepts(c, p)]
+    return problems
+
+
+def test_every_prototype_matches_the_header_in_types_and_order():
+    assert len(header_prototypes()) == len(declared_functions()) == 14
+    assert prototype_mismatches(_abi.PROTOTYPES) == []
+
+
+def test_the_prototype_check_catches_a_reordering():
+    """Swapping two parameters of different types (or dropping one) is caught: the check can fail."""
+    swapped = dict(_abi.PROTOTYPES)
+    ret, params = swapped["kbit_gemv_4bit"]
+    swapped["kbit_gemv_4bit"] = (ret, params[:6] + (params[7], params[6]) + params[8:])
+    restype, args = swapped["kbit_optimizer_update_32bit"]
+    swapped["kbit_optimizer_update_32bit"] = (restype, args[:6] + (ctypes.c_float,) + args[7:])
+    problems = prototype_mismatches(swapped)
+    assert any(p.startswith("kbit_gemv_4bit: parameter 6") for p in problems)
+    assert any(p.startswith("kbit_optimizer_update_32bit: parameter 6") for p in problems)
+
+
+def test_every_header_constant_has_its_python_copy_with_the_same_value():
+    constants = header_constants()
+    assert {"KBIT_ABI_VERSION", "KBIT_OK", "KBIT_F32", "KBIT_MAP_FP4", "KBIT_NF4", "KBIT_OPTIM_ADEMAMIX",
+            "KBIT_BLOCKSIZE_4BIT_MIN", "KBIT_OPTIM_BLOCKSIZE", "KBIT_MAP_SIZE_4BIT"} <= constants.keys()
+    python = {name: getattr(_abi, name.removeprefix("KBIT_"), None) for name in constants}
+    assert python == constants
+    assert set(_abi.STATUS_ERRORS) == {v for k, v in constants.items() if k.startswith("KBIT_ERR_")}
+
+
+def test_the_params_struct_matches_the_header_field_by_field():
+    fields = header_structs()["kbit_optim_params"]
+    assert [(name, _C_SCALARS[c_type]) for c_type, name in fields] == list(_abi.OptimParams._fields_)
+    assert fields[0] == ("uint32_t", "size")
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2, 4, 5, 6])
+def test_the_python_state_count_is_the_librarys(kind):
+    """The library refuses a NULL state2 exactly for the kinds _abi.optim_state_count says keep two states."""
+    import torch
+
+    from kbit.optim import _update
+
+    p, g, s1 = torch.zeros(4), torch.ones(4), torch.zeros(8)
+    params = _update.params(kind, _update.Hyper(0.1, 0.9, 0.99, 0.999, 1.0, 1e-8, 0.0), 1, 1.0)
+    status = _native.cpu().handle.kbit_optimizer_update_32bit(kind, 0, p.data_ptr(), g.data_ptr(), s1.data_ptr(),
+                                                              None, 4, ctypes.byref(params), None, 1)
+    assert (status == _abi.ERR_INVALID_ARGUMENT) == (_abi.optim_state_count(kind) >= 2)
+    if status:
+        assert "state2 is NULL" in _native.cpu().handle.kbit_last_error().decode()
+
+
+def test_optim_params_from_an_older_caller_are_refused_and_a_longer_struct_is_read_to_its_known_fields():
+    import torch
+
+    from kbit.optim import _update
+
+    h = _update.Hyper(0.1, 0.9, 0.99, 0.0, 0.0, 1e-8, 0.0)
+    handle = _native.cpu().handle
+    results = {}
+    for size in (ctypes.sizeof(_abi.OptimParams) - 4, ctypes.sizeof(_abi.OptimParams),
+                 ctypes.sizeof(_abi.OptimParams) + 16):
+        buf = ctypes.create_string_buffer(ctypes.sizeof(_abi.OptimParams) + 16)
+        params = _update.params(_abi.OPTIM_MOMENTUM, h, 1, 1.0)
+        params.size = size
+        ctypes.memmove(buf, ctypes.byref(params), ctypes.sizeof(params))
+        p, g, s1 = torch.ones(4), torch.ones(4), torch.zeros(4)
+        status = handle.kbit_optimizer_update_32bit(_abi.OPTIM_MOMENTUM, 0, p.data_ptr(), g.data_ptr(), s1.data_ptr(),
+                                                    None, 4, ctypes.cast(buf, ctypes.POINTER(_abi.OptimParams)), None, 1)
+        results[size] = (status, p.tolist(), handle.kbit_last_error().decode())
+    small, exact, large = results.values()
+    assert small[0] == _abi.ERR_INVALID_ARGUMENT and "params->size" in small[2]
+    assert exact[0] == large[0] == 0 and exact[1] == large[1] == [pytest.approx(0.9)] * 4  # p - lr * g

@@ -13,7 +13,7 @@ import pytest
 
 import kbit
 from kbit import __main__ as cli
-from kbit import _facts, _native, _platform, _report, _runtime
+from kbit import _abi, _facts, _native, _platform, _report, _runtime
 from test_facts import FakeCuda
 
 SECTIONS = ["kbit: ", "platform: ", "glibc: ", "python: ", "torch: ", "driver: ", "gpus: ", "bundled variants:",
@@ -86,7 +86,7 @@ class FakeDriverPlatform(_platform.LinuxPlatform):
 
 
 def manifest(variant, toolkit, sass, min_driver="550.54.14"):
-    return {"abi": 1, "kbit_version": kbit.__version__, "variant": variant, "backend": "cuda", "toolkit": toolkit,
+    return {"abi": _abi.ABI_VERSION, "kbit_version": kbit.__version__, "variant": variant, "backend": "cuda", "toolkit": toolkit,
             "sass": list(sass), "ptx": max(sass), "compression": "all", "min_driver": min_driver, "compiler": "nvcc",
             "commit": "sim"}
 
@@ -111,9 +111,9 @@ def simulate(monkeypatch, capsys):
                                   device_count=1)
 
     def run(torch_cuda, driver, gpus=((8, 9),), bundle=("cuda124", "cuda128", "cuda130"), *, libc="2.36",
-            override=None, packages=None, installed=None):
+            override=None, packages=None, installed=None, fail=None):
         devices = tuple((f"Sim GPU sm_{a}{b}", a, b) for a, b in gpus)
-        fake = None if driver is None else FakeCuda(version=driver, devices=devices)
+        fake = None if driver is None else FakeCuda(version=driver, devices=devices, fail=fail)
         monkeypatch.setattr(_facts, "gather_torch", lambda: _facts.TorchFacts(
             f"2.13.0+{'cu' + torch_cuda.replace('.', '') if torch_cuda else 'cpu'}", torch_cuda))
         monkeypatch.setattr(_native, "bundled_manifests",
@@ -202,9 +202,19 @@ def test_an_override_onto_an_uncovered_gpu_is_an_error(simulate):
     assert code == 6 and keys[0] == "arch_not_covered"
 
 
-def test_no_gpu_visible_is_a_warning(simulate):
+def test_no_gpu_visible_is_a_warning(simulate, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     code, text, keys = simulate("12.6", 12080, [])
     assert code == 0 and keys == ["no_gpu_visible"]
+    assert "     evidence: cuDeviceGetCount returned 0\n" in text
+
+
+def test_an_empty_cuda_visible_devices_is_in_the_evidence_beside_the_drivers_error(simulate, monkeypatch):
+    """CUDA_VISIBLE_DEVICES="" makes cuInit fail with CUDA_ERROR_NO_DEVICE: both facts are the evidence."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    code, text, keys = simulate("12.6", 12080, [], fail={"cuInit": 100})
+    assert code == 0 and keys == ["no_gpu_visible"]
+    assert "evidence: cuInit: CUDA_ERROR_NO_DEVICE (100); CUDA_VISIBLE_DEVICES=''" in text
 
 
 def test_the_runtime_refuses_a_cuda_tensor_on_an_uncovered_gpu_under_override(monkeypatch):

@@ -11,7 +11,7 @@ Two kinds of comparison are made, and each test says which:
 from __future__ import annotations
 
 import copy
-
+import ctypes
 import io
 import warnings
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import kbit
-from kbit import _errors, _native
+from kbit import _abi, _errors, _native
 from kbit import optim as O
 
 import optim_reference as R
@@ -478,8 +478,6 @@ def test_paged_optimizers_on_cpu_warn_exactly_once_and_match_the_unpaged_one():
 
 
 def test_cpu_library_refuses_managed_memory_with_an_explanation():
-    import ctypes
-
     out = ctypes.c_void_p(123)
     with pytest.raises(kbit.NativeArgumentError, match="needs a CUDA library"):
         _native.cpu().call("kbit_managed_alloc", ctypes.byref(out), 1024)
@@ -491,8 +489,9 @@ def test_native_checks_refuse_a_missing_second_state():
     p, g = torch.zeros(8), torch.zeros(8)
     s1 = torch.zeros(8)
     with pytest.raises(_errors.NativeArgumentError, match="state2 is NULL"):
-        _native.cpu().call("kbit_optimizer_update_32bit", 0, 0, p.data_ptr(), g.data_ptr(), s1.data_ptr(), None, 8,
-                           1e-3, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 0.1, 0.1, 1.0, 1, None, 1)
+        params = _abi.OptimParams(ctypes.sizeof(_abi.OptimParams), 1e-3, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 0.1, 0.1, 1.0, 1)
+        _native.cpu().call("kbit_optimizer_update_32bit", _abi.OPTIM_ADAM, _abi.F32, p.data_ptr(), g.data_ptr(),
+                           s1.data_ptr(), None, 8, ctypes.byref(params), None, 1)
 
 
 # ------------------------------------------------------------------------------------------- CUDA

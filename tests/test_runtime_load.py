@@ -148,7 +148,7 @@ def test_a_bad_override_is_refused_at_the_first_cuda_use_but_cpu_keeps_working(t
 
 
 def _fake_manifest(site: Path, variant: str, **changes) -> dict:
-    info = {"abi": 1, "kbit_version": kbit.__version__, "variant": variant, "backend": "cuda", "toolkit": "12.4.131",
+    info = {"abi": _abi.ABI_VERSION, "kbit_version": kbit.__version__, "variant": variant, "backend": "cuda", "toolkit": "12.4.131",
             "sass": [80], "ptx": 80, "compression": "all", "min_driver": "550.54.14", "compiler": "x", "commit": "y"}
     info.update(changes)
     (site / "kbit" / f"kbit_{variant}.build.json").write_text(json.dumps(info))

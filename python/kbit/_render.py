@@ -5,6 +5,7 @@ This module owns the output formats of `python -m kbit` and `kbit.show_config()`
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def _decision_lines(report) -> list[str]:
     d = report.decision
     lines = [f"decision: CUDA tensors -> {d.variant or 'none'} ({d.source}); CPU tensors -> cpu"]
     lines += [f"  reason: {r}" for r in d.reasons]
-    lines += [f"  gpu {i}: {how}" for i, how in d.coverage]
+    lines += [f"  gpu {c.gpu}: {c}" for c in d.coverage]
     lines += [f"  warning: {w}" for w in d.warnings]
     return lines
 
@@ -92,7 +93,9 @@ def text(report) -> str:
 
 def _plain(value):
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.metadata.get("json", True)}
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
