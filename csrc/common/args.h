@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "common/dispatch.h"
 #include "common/status.h"
 #include "numerics/optim.h"
 

@@ -20,8 +20,6 @@
 namespace kbit {
 namespace {
 
-constexpr int64_t kStreamingBytes = int64_t{16} << 20;  // outputs above this bypass the cache
-
 const float* table_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4Values : kNf4Values; }
 
 
@@ -32,10 +30,10 @@ KBIT_ALWAYS_INLINE void quantize_block_body(const T* __restrict in, float* absma
                                             int64_t len) {
   int32_t m = 0;  // abs bits are <= 0x7fffffff: a signed max is the unsigned one and vectorizes on SSE2
   for (int64_t i = 0; i < len; ++i) {
-    const int32_t a = static_cast<int32_t>(abs_bits(to_float(in[i])));
+    const int32_t a = static_cast<int32_t>(magnitude_bits(to_float(in[i])));
     m = a > m ? a : m;
   }
-  const float absmax = absmax_from_bits(static_cast<uint32_t>(m));
+  const float absmax = magnitude_value<float>(static_cast<uint32_t>(m));
   *absmax_out = absmax;
   const int64_t pairs = len / 2;
   if (!is_finite_scale(absmax)) {
@@ -149,9 +147,7 @@ template <class T>
 void dequantize_all(const uint8_t* packed, const float* absmax, T* out, int64_t n, int32_t bs, const float* table,
                     int32_t threads) {
   const int64_t blocks = block_count(n, bs);
-  // blocks start at multiples of 32 elements, so an aligned output keeps every block's start aligned
-  const bool streaming = KBIT_X86_DISPATCH && n * static_cast<int64_t>(sizeof(T)) >= kStreamingBytes &&
-                         reinterpret_cast<uintptr_t>(out) % 32 == 0;
+  const bool streaming = stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
   (void)streaming;  // only the x86 paths stream
 #pragma omp parallel num_threads(threads)
   {
@@ -187,12 +183,11 @@ KBIT_API int kbit_quantize_4bit(int32_t dtype, int32_t quant_type, const void* A
   return kbit::guarded("kbit_quantize_4bit", [&]() -> int {
     if (int s = kbit::check_blockwise_4bit(dtype, quant_type, A, absmax, packed, n, blocksize)) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
-    switch (dtype) {
-      case KBIT_F32: kbit::quantize_typed<float>(quant_type, A, absmax, packed, n, blocksize, num_threads); break;
-      case KBIT_F16: kbit::quantize_typed<kbit::f16>(quant_type, A, absmax, packed, n, blocksize, num_threads); break;
-      default: kbit::quantize_typed<kbit::bf16>(quant_type, A, absmax, packed, n, blocksize, num_threads); break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::quantize_typed<T>(quant_type, A, absmax, packed, n, blocksize, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 
@@ -202,18 +197,11 @@ KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8
     if (int s = kbit::check_blockwise_4bit(dtype, quant_type, packed, absmax, out, n, blocksize)) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     const float* table = kbit::table_4bit(quant_type);
-    switch (dtype) {
-      case KBIT_F32:
-        kbit::dequantize_all(packed, absmax, static_cast<float*>(out), n, blocksize, table, num_threads);
-        break;
-      case KBIT_F16:
-        kbit::dequantize_all(packed, absmax, static_cast<kbit::f16*>(out), n, blocksize, table, num_threads);
-        break;
-      default:
-        kbit::dequantize_all(packed, absmax, static_cast<kbit::bf16*>(out), n, blocksize, table, num_threads);
-        break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::dequantize_all(packed, absmax, static_cast<T*>(out), n, blocksize, table, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 

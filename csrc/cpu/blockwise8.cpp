@@ -60,8 +60,6 @@ void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_
   }
 }
 
-constexpr int64_t kStreamingBytes = int64_t{16} << 20;  // float outputs above this bypass the cache
-
 #if KBIT_X86_DISPATCH
 /* The finite-scale part of a float block with non-temporal stores (SSE, in the x86-64 baseline): a large
  * output is not read into the cache before it is written, which is what holds a plain loop below copy speed.
@@ -96,7 +94,8 @@ int64_t stream_block(const uint8_t* codes, float* out, int64_t len, float scale)
 template <class T>
 void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_t n, int32_t bs, int32_t threads) {
   const int64_t blocks = block_count(n, bs);
-  const bool streaming = std::is_same<T, float>::value && n * static_cast<int64_t>(sizeof(T)) >= kStreamingBytes;
+  // stream_block writes float outputs only
+  const bool streaming = std::is_same<T, float>::value && stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
   (void)streaming;  // only the x86 path streams
 #pragma omp parallel num_threads(threads)
   {
@@ -129,12 +128,11 @@ KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* a
   return kbit::guarded("kbit_quantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, A, absmax, out, n, blocksize)) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
-    switch (dtype) {
-      case KBIT_F32: kbit::quantize_blocks(static_cast<const float*>(A), absmax, out, n, blocksize, num_threads); break;
-      case KBIT_F16: kbit::quantize_blocks(static_cast<const kbit::f16*>(A), absmax, out, n, blocksize, num_threads); break;
-      default: kbit::quantize_blocks(static_cast<const kbit::bf16*>(A), absmax, out, n, blocksize, num_threads); break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::quantize_blocks(static_cast<const T*>(A), absmax, out, n, blocksize, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 
@@ -143,12 +141,11 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
   return kbit::guarded("kbit_dequantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, codes, absmax, out, n, blocksize)) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
-    switch (dtype) {
-      case KBIT_F32: kbit::dequantize_blocks(codes, absmax, static_cast<float*>(out), n, blocksize, num_threads); break;
-      case KBIT_F16: kbit::dequantize_blocks(codes, absmax, static_cast<kbit::f16*>(out), n, blocksize, num_threads); break;
-      default: kbit::dequantize_blocks(codes, absmax, static_cast<kbit::bf16*>(out), n, blocksize, num_threads); break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::dequantize_blocks(codes, absmax, static_cast<T*>(out), n, blocksize, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 

@@ -123,21 +123,12 @@ KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, co
     if (rows == 0 || out_features == 0) return KBIT_OK;
     const float* table = quant_type == KBIT_FP4 ? kbit::kFp4Values : kbit::kNf4Values;
     const int64_t M = rows, N = out_features, K = in_features;
-    switch (dtype) {
-      case KBIT_F32:
-        kbit::gemv(static_cast<const float*>(A), packed, absmax, static_cast<const float*>(bias),
-                   static_cast<float*>(out), M, N, K, blocksize, table, num_threads);
-        break;
-      case KBIT_F16:
-        kbit::gemv(static_cast<const kbit::f16*>(A), packed, absmax, static_cast<const kbit::f16*>(bias),
-                   static_cast<kbit::f16*>(out), M, N, K, blocksize, table, num_threads);
-        break;
-      default:
-        kbit::gemv(static_cast<const kbit::bf16*>(A), packed, absmax, static_cast<const kbit::bf16*>(bias),
-                   static_cast<kbit::bf16*>(out), M, N, K, blocksize, table, num_threads);
-        break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::gemv(static_cast<const T*>(A), packed, absmax, static_cast<const T*>(bias), static_cast<T*>(out), M, N, K,
+                 blocksize, table, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 

@@ -69,8 +69,9 @@ inline void dequantize_codes(const uint8_t* codes, int len, float absmax, const 
   }
 }
 
-/* |x| as int32 bits: they order like the magnitudes (NaN above inf), and signed compares are in SSE2. */
-inline int32_t magnitude_i32(float x) { return static_cast<int32_t>(float_bits(x) & 0x7fffffffu); }
+/* |x| as int32 bits (numerics/absmax.h): they order like the magnitudes (NaN above inf), and signed compares
+ * are in SSE2. */
+inline int32_t magnitude_i32(float x) { return static_cast<int32_t>(magnitude_bits(x)); }
 
 /* Codes of one state of a block. The common case (finite absmax whose inverse is finite) runs a loop free of
  * per-element checks: there quantize_8bit is nearest_code(s * inv) (normalize's multiply branch), the same
@@ -108,7 +109,7 @@ inline void requantize_codes(const float* s, int len, float absmax, float inv, c
 inline float block_absmax(const float* s, int len) {
   int32_t top = 0;
   for (int i = 0; i < len; ++i) top = magnitude_i32(s[i]) > top ? magnitude_i32(s[i]) : top;
-  return canonical_absmax(bits_float(static_cast<uint32_t>(top)));
+  return magnitude_value<float>(static_cast<uint32_t>(top));
 }
 
 /* A state's new absmax, stored, and its inverse for requantization. */
@@ -170,17 +171,8 @@ void update_8bit(void* p_, const void* g_, uint8_t* c1, uint8_t* c2, float* am1,
   }
 }
 
-/* dtype x kind -> one instantiation each (3 x 6 per form): the kind is a compile-time constant on the CPU so
- * each inner loop is straight-line code the compiler can vectorize. */
-template <template <class> class Op, class... Args>
-int dispatch(int32_t dtype, int32_t kind, Args&&... args) {
-  switch (dtype) {
-    case KBIT_F32: return Op<float>::by_kind(kind, args...);
-    case KBIT_F16: return Op<f16>::by_kind(kind, args...);
-    default: return Op<bf16>::by_kind(kind, args...);
-  }
-}
-
+/* kind -> one instantiation each (6 per dtype and form; the dtype is kbit::dispatch's): the kind is a
+ * compile-time constant on the CPU so each inner loop is straight-line code the compiler can vectorize. */
 template <class T>
 struct Run32 {
   static int by_kind(int32_t kind, void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k,
@@ -228,8 +220,10 @@ KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void*
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
-    return kbit::dispatch<kbit::Run32>(dtype, optimizer, p, g, state1, state2, n, kbit::make_optim_scalars(a),
-                                       num_threads);
+    const kbit::OptimScalars k = kbit::make_optim_scalars(a);
+    return kbit::dispatch(dtype, [&](auto tag) {
+      return kbit::Run32<kbit::dtype_t<decltype(tag)>>::by_kind(optimizer, p, g, state1, state2, n, k, num_threads);
+    });
   });
 }
 
@@ -245,8 +239,11 @@ KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dty
     if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
-    return kbit::dispatch<kbit::Run8>(dtype, optimizer, p, g, state1, state2, absmax1, absmax2, n,
-                                      kbit::make_optim_scalars(a), num_threads);
+    const kbit::OptimScalars k = kbit::make_optim_scalars(a);
+    return kbit::dispatch(dtype, [&](auto tag) {
+      return kbit::Run8<kbit::dtype_t<decltype(tag)>>::by_kind(optimizer, p, g, state1, state2, absmax1, absmax2, n, k,
+                                                               num_threads);
+    });
   });
 }
 

@@ -22,6 +22,17 @@
 
 namespace kbit {
 
+/* Outputs of at least this many bytes are written past the cache (non-temporal stores). */
+constexpr int64_t kStreamingBytes = int64_t{16} << 20;
+
+/* The one decision to stream a dequantized output of `bytes` bytes at `out` past the cache: x86 (SSE2 stores),
+ * large enough that reading the destination into the cache first would cost more than it saves, and 32-byte
+ * aligned (blocks start at multiples of 32 elements, so every block's start stays aligned). The stores write the
+ * same bits as plain ones. */
+inline bool stream_past_cache(const void* out, int64_t bytes) {
+  return KBIT_X86_DISPATCH && bytes >= kStreamingBytes && reinterpret_cast<uintptr_t>(out) % 32 == 0;
+}
+
 #if KBIT_X86_DISPATCH
 /* Whether the AVX2 copies run: the CPU (and OS) support AVX2 and KBIT_CPU_BASELINE is not "1". Read once. */
 inline bool use_avx2() {

@@ -40,10 +40,10 @@ __global__ void quantize4_kernel(const T* __restrict__ in, float* __restrict__ a
   const int len = static_cast<int>(n - start < bs ? n - start : bs);
   uint32_t m = 0;
   for (int i = threadIdx.x; i < len; i += blockDim.x) {
-    const uint32_t a = abs_bits(to_float(in[start + i]));
+    const uint32_t a = magnitude_bits(to_float(in[start + i]));
     m = a > m ? a : m;
   }
-  const float scale = absmax_from_bits(block_max(m, s_scratch));
+  const float scale = magnitude_value<float>(block_max(m, s_scratch));
   if (threadIdx.x == 0) absmax[blockIdx.x] = scale;
   const int pairs = (len + 1) / 2;
   uint8_t* dst = out + start / 2;
@@ -125,11 +125,10 @@ KBIT_API int kbit_quantize_4bit(int32_t dtype, int32_t quant_type, const void* A
     if (n == 0) return KBIT_OK;
     if (int s = kbit::check_three(A, "A", absmax, "absmax", packed, "packed")) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_quantize4<float>(quant_type, A, absmax, packed, n, blocksize, st);
-      case KBIT_F16: return kbit::launch_quantize4<kbit::f16>(quant_type, A, absmax, packed, n, blocksize, st);
-      default: return kbit::launch_quantize4<kbit::bf16>(quant_type, A, absmax, packed, n, blocksize, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_quantize4<T>(quant_type, A, absmax, packed, n, blocksize, st);
+    });
   });
 }
 
@@ -140,11 +139,10 @@ KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8
     if (n == 0) return KBIT_OK;
     if (int s = kbit::check_three(packed, "packed", absmax, "absmax", out, "out")) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_dequantize4<float>(quant_type, packed, absmax, out, n, blocksize, st);
-      case KBIT_F16: return kbit::launch_dequantize4<kbit::f16>(quant_type, packed, absmax, out, n, blocksize, st);
-      default: return kbit::launch_dequantize4<kbit::bf16>(quant_type, packed, absmax, out, n, blocksize, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_dequantize4<T>(quant_type, packed, absmax, out, n, blocksize, st);
+    });
   });
 }
 

@@ -97,11 +97,10 @@ KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* a
     if (n == 0) return KBIT_OK;
     if (int s = kbit::check_pointers(A, "A", absmax, "absmax", out, "out")) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_quantize<float>(A, absmax, out, n, blocksize, st);
-      case KBIT_F16: return kbit::launch_quantize<kbit::f16>(A, absmax, out, n, blocksize, st);
-      default: return kbit::launch_quantize<kbit::bf16>(A, absmax, out, n, blocksize, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_quantize<T>(A, absmax, out, n, blocksize, st);
+    });
   });
 }
 
@@ -112,11 +111,10 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
     if (n == 0) return KBIT_OK;
     if (int s = kbit::check_pointers(codes, "codes", absmax, "absmax", out, "out")) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_dequantize<float>(codes, absmax, out, n, blocksize, st);
-      case KBIT_F16: return kbit::launch_dequantize<kbit::f16>(codes, absmax, out, n, blocksize, st);
-      default: return kbit::launch_dequantize<kbit::bf16>(codes, absmax, out, n, blocksize, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_dequantize<T>(codes, absmax, out, n, blocksize, st);
+    });
   });
 }
 

@@ -159,11 +159,10 @@ KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void*
     if (int s = kbit::check_optim_pointers(ptrs, names, 4)) return s;
     const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch32<float>(optimizer, p, g, state1, state2, n, k, st);
-      case KBIT_F16: return kbit::launch32<kbit::f16>(optimizer, p, g, state1, state2, n, k, st);
-      default: return kbit::launch32<kbit::bf16>(optimizer, p, g, state1, state2, n, k, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch32<T>(optimizer, p, g, state1, state2, n, k, st);
+    });
   });
 }
 
@@ -183,14 +182,10 @@ KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dty
     if (int s = kbit::check_optim_pointers(ptrs, names, 6)) return s;
     const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32:
-        return kbit::launch8<float>(optimizer, p, g, state1, state2, absmax1, absmax2, n, k, st);
-      case KBIT_F16:
-        return kbit::launch8<kbit::f16>(optimizer, p, g, state1, state2, absmax1, absmax2, n, k, st);
-      default:
-        return kbit::launch8<kbit::bf16>(optimizer, p, g, state1, state2, absmax1, absmax2, n, k, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch8<T>(optimizer, p, g, state1, state2, absmax1, absmax2, n, k, st);
+    });
   });
 }
 

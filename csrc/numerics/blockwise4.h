@@ -2,10 +2,8 @@
  * written once for CPU and CUDA.
  *
  * Definitions (bitsandbytes' format; ../shared/reference/numerics.md):
- *  - absmax[b] = max |x| over block b (float32, unscaled). It is found as the largest |x| bit pattern, which
- *    orders non-negative floats like their values and puts NaN above inf, so the result does not depend on the
- *    order of the reduction (identical on every thread count and on the GPU). A NaN absmax is stored as the
- *    canonical quiet NaN 0x7fc00000.
+ *  - absmax[b] = max |x| over block b (float32, unscaled), by numerics/absmax.h's rule (the largest magnitude
+ *    bit pattern, NaN-propagating, a NaN stored as the canonical quiet NaN 0x7fc00000).
  *  - Normalisation as in the 8-bit path (blockwise8.h): inv = 1 / absmax once per block, x * inv per element;
  *    absmax == 0 gives inv = 0 (the block dequantizes to exact zeros); a subnormal absmax whose inverse
  *    overflows divides instead.
@@ -46,21 +44,12 @@
 
 namespace kbit {
 
-constexpr uint32_t kCanonicalNaNBits = 0x7fc00000u;
 constexpr uint8_t kNf4ZeroCode = 7;  // the code of 0.0, also the padding nibble
 constexpr uint8_t kFp4ZeroCode = 0;
 constexpr int kGemvLanes = 32;
 
 /* The code of 0.0 for a quant type (KBIT_NF4 or KBIT_FP4). */
 KBIT_HD uint8_t zero_code_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4ZeroCode : kNf4ZeroCode; }
-
-/* |x| as bits: monotonic in |x| for non-negative floats, NaN above inf; max of these is an order-free absmax. */
-KBIT_HD uint32_t abs_bits(float x) { return float_bits(x) & 0x7fffffffu; }
-
-/* The absmax a block stores, from its largest abs_bits: the value, or the canonical NaN. */
-KBIT_HD float absmax_from_bits(uint32_t bits) {
-  return bits > 0x7f800000u ? bits_float(kCanonicalNaNBits) : bits_float(bits);
-}
 
 /* -1 when x > t, else 0: a compare mask, summed with subtraction (vectorizers keep it in the compare's lanes). */
 KBIT_HD int32_t above_mask(float x, float t) { return -static_cast<int32_t>(x > t); }
@@ -103,7 +92,7 @@ KBIT_HD uint32_t nibble_at(const uint8_t* packed, int64_t i) {
 
 /* Dequantized value in float32; a non-finite block's values are one canonical quiet NaN. */
 KBIT_HD float dequantize_4bit_value(uint32_t code, float absmax, const float* table) {
-  return is_finite_scale(absmax) ? table[code] * absmax : bits_float(kCanonicalNaNBits);
+  return is_finite_scale(absmax) ? table[code] * absmax : canonical_nan();
 }
 
 /* One gemv term: the lane's running sum plus A's value times the dequantized weight. */
