@@ -4,7 +4,7 @@
  * gives the CPU's bits. */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_pointer.h"
+#include "cuda/common.cuh"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
 

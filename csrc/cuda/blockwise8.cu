@@ -2,7 +2,7 @@
  * the same header the CPU library runs; this file owns the kernels' data movement and launches. */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_pointer.h"
+#include "cuda/common.cuh"
 #include "numerics/blockwise8.h"
 #include "numerics/dynamic_maps.h"
 #include "numerics/float16.h"

@@ -3,7 +3,7 @@
  * the warp's xor butterfly combines the lanes, which is the order the CPU library reproduces. */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_pointer.h"
+#include "cuda/common.cuh"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
 

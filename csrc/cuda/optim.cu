@@ -4,7 +4,7 @@
  * the memory traffic. Pointers may be device or managed memory (paged optimizers). */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_pointer.h"
+#include "cuda/common.cuh"
 #include "numerics/dynamic_maps.h"
 #include "numerics/float16.h"
 #include "numerics/optim.h"
