@@ -17,20 +17,6 @@ __constant__ float c_fp4[16] = KBIT_FP4_VALUES;
 constexpr int kMaxThreads = 256;
 constexpr int kDequantThreads = 256;
 
-/* Max of every thread's value, returned to every thread (blockDim is a multiple of 32). */
-__device__ uint32_t block_max(uint32_t m, uint32_t* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const uint32_t other = __shfl_xor_sync(0xffffffffu, m, offset);
-    m = other > m ? other : m;
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) scratch[warp] = m;
-  __syncthreads();
-  m = 0;
-  for (int w = 0; w < warps; ++w) m = scratch[w] > m ? scratch[w] : m;
-  return m;
-}
-
 /* One thread block per quantization block; each thread writes whole bytes (pairs of elements). */
 template <int32_t Q, class T>
 __global__ void quantize4_kernel(const T* __restrict__ in, float* __restrict__ absmax, uint8_t* __restrict__ out,
@@ -43,7 +29,7 @@ __global__ void quantize4_kernel(const T* __restrict__ in, float* __restrict__ a
     const uint32_t a = magnitude_bits(to_float(in[start + i]));
     m = a > m ? a : m;
   }
-  const float scale = magnitude_value<float>(block_max(m, s_scratch));
+  const float scale = magnitude_value<float>(block_max_bits(m, s_scratch));
   if (threadIdx.x == 0) absmax[blockIdx.x] = scale;
   const int pairs = (len + 1) / 2;
   uint8_t* dst = out + start / 2;
@@ -99,18 +85,11 @@ template <class T>
 int launch_dequantize4(int32_t quant_type, const uint8_t* packed, const float* absmax, void* out, int64_t n,
                        int32_t bs, cudaStream_t stream) {
   const int64_t bytes = (n + 1) / 2;
-  const int64_t wanted = (bytes + kDequantThreads * 4 - 1) / (kDequantThreads * 4);
-  const unsigned grid = static_cast<unsigned>(wanted < 65535 * 8 ? wanted : 65535 * 8);
+  const unsigned grid = grid_for(bytes, kDequantThreads * 4, 65535 * 8);
   dequantize4_kernel<T><<<grid, kDequantThreads, 0, stream>>>(packed, absmax, static_cast<T*>(out), n, log2_pow2(bs),
                                                               quant_type);
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
-}
-
-int check_three(const void* a, const char* an, const void* b, const char* bn, const void* c, const char* cn) {
-  if (int s = check_device_memory(a, an)) return s;
-  if (int s = check_device_memory(b, bn)) return s;
-  return check_device_memory(c, cn);
 }
 
 }  // namespace
@@ -123,7 +102,7 @@ KBIT_API int kbit_quantize_4bit(int32_t dtype, int32_t quant_type, const void* A
   return kbit::guarded("kbit_quantize_4bit", [&]() -> int {
     if (int s = kbit::check_blockwise_4bit(dtype, quant_type, A, absmax, packed, n, blocksize)) return s;
     if (n == 0) return KBIT_OK;
-    if (int s = kbit::check_three(A, "A", absmax, "absmax", packed, "packed")) return s;
+    if (int s = kbit::check_device_pointers({{A, "A"}, {absmax, "absmax"}, {packed, "packed"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
     return kbit::dispatch(dtype, [&](auto tag) {
       using T = kbit::dtype_t<decltype(tag)>;
@@ -137,7 +116,7 @@ KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8
   return kbit::guarded("kbit_dequantize_4bit", [&]() -> int {
     if (int s = kbit::check_blockwise_4bit(dtype, quant_type, packed, absmax, out, n, blocksize)) return s;
     if (n == 0) return KBIT_OK;
-    if (int s = kbit::check_three(packed, "packed", absmax, "absmax", out, "out")) return s;
+    if (int s = kbit::check_device_pointers({{packed, "packed"}, {absmax, "absmax"}, {out, "out"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
     return kbit::dispatch(dtype, [&](auto tag) {
       using T = kbit::dtype_t<decltype(tag)>;

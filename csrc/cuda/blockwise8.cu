@@ -17,17 +17,6 @@ __constant__ float c_mid_lo[255] = KBIT_DYNAMIC_SIGNED_MID_LO;
 constexpr int kMaxThreads = 256;
 constexpr int kDequantPerThread = 4;
 
-/* NaN-propagating absmax of the whole thread block, returned to every thread. */
-__device__ float block_absmax(float m, float* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) m = absmax_step(m, __shfl_xor_sync(0xffffffffu, m, offset));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) scratch[warp] = m;
-  __syncthreads();
-  m = 0.0f;
-  for (int w = 0; w < warps; ++w) m = absmax_step(m, scratch[w]);
-  return m;
-}
-
 /* One thread block per quantization block (blockDim = min(blocksize, 256), a multiple of 32). */
 template <class T>
 __global__ void quantize_kernel(const T* __restrict__ in, float* __restrict__ absmax, uint8_t* __restrict__ out,
@@ -41,7 +30,7 @@ __global__ void quantize_kernel(const T* __restrict__ in, float* __restrict__ ab
   const int len = static_cast<int>(n - start < bs ? n - start : bs);
   float m = 0.0f;
   for (int i = threadIdx.x; i < len; i += blockDim.x) m = absmax_step(m, to_float(in[start + i]));
-  m = canonical_absmax(block_absmax(m, s_scratch));  // its __syncthreads also publishes s_hi / s_lo
+  m = block_absmax(m, s_scratch);  // its __syncthreads also publishes s_hi / s_lo
   if (threadIdx.x == 0) absmax[blockIdx.x] = m;
   const float inv = inverse_absmax(m);
   const MapView map{c_values, s_hi, s_lo};
@@ -59,12 +48,6 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ codes, const float
     out[i] = from_float<T>(dequantize_8bit(codes[i], absmax[i >> log2_bs], s_values));
 }
 
-int check_pointers(const void* a, const char* an, const void* b, const char* bn, const void* c, const char* cn) {
-  if (int s = check_device_memory(a, an)) return s;
-  if (int s = check_device_memory(b, bn)) return s;
-  return check_device_memory(c, cn);
-}
-
 template <class T>
 int launch_quantize(const void* A, float* absmax, uint8_t* out, int64_t n, int32_t bs, cudaStream_t stream) {
   const int64_t blocks = block_count(n, bs);
@@ -78,8 +61,7 @@ int launch_quantize(const void* A, float* absmax, uint8_t* out, int64_t n, int32
 
 template <class T>
 int launch_dequantize(const uint8_t* codes, const float* absmax, void* out, int64_t n, int32_t bs, cudaStream_t stream) {
-  const int64_t wanted = (n + kMaxThreads * kDequantPerThread - 1) / (kMaxThreads * kDequantPerThread);
-  const unsigned grid = static_cast<unsigned>(wanted < 65535 * 8 ? wanted : 65535 * 8);
+  const unsigned grid = grid_for(n, kMaxThreads * kDequantPerThread, 65535 * 8);
   dequantize_kernel<T><<<grid, kMaxThreads, 0, stream>>>(codes, absmax, static_cast<T*>(out), n, log2_pow2(bs));
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
@@ -95,7 +77,7 @@ KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* a
   return kbit::guarded("kbit_quantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, A, absmax, out, n, blocksize)) return s;
     if (n == 0) return KBIT_OK;
-    if (int s = kbit::check_pointers(A, "A", absmax, "absmax", out, "out")) return s;
+    if (int s = kbit::check_device_pointers({{A, "A"}, {absmax, "absmax"}, {out, "out"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
     return kbit::dispatch(dtype, [&](auto tag) {
       using T = kbit::dtype_t<decltype(tag)>;
@@ -109,7 +91,7 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
   return kbit::guarded("kbit_dequantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, codes, absmax, out, n, blocksize)) return s;
     if (n == 0) return KBIT_OK;
-    if (int s = kbit::check_pointers(codes, "codes", absmax, "absmax", out, "out")) return s;
+    if (int s = kbit::check_device_pointers({{codes, "codes"}, {absmax, "absmax"}, {out, "out"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
     return kbit::dispatch(dtype, [&](auto tag) {
       using T = kbit::dtype_t<decltype(tag)>;

@@ -38,17 +38,6 @@ __global__ void optim32_kernel(int32_t kind, T* __restrict__ p, const T* __restr
   }
 }
 
-/* NaN-propagating max over the thread block (kOptimBlock threads), returned to every thread; a NaN is the
- * canonical one, so the stored absmax has the CPU's bits. */
-__device__ float block_max(float m, float* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) m = absmax_step(m, __shfl_xor_sync(0xffffffffu, m, offset));
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = m;
-  __syncthreads();
-  m = 0.0f;
-  for (int w = 0; w < kOptimBlock / 32; ++w) m = absmax_step(m, scratch[w]);
-  return canonical_absmax(m);
-}
-
 __device__ void stage_maps(float* sv, float* shi, float* slo, float* uv, float* uhi, float* ulo) {
   for (int i = threadIdx.x; i < 256; i += blockDim.x) {
     sv[i] = c_opt_signed_values[i];
@@ -91,9 +80,9 @@ __global__ void __launch_bounds__(kOptimBlock) optim8_kernel(int32_t kind, T* __
         s1 = s2 = s3 = 0.0f;
       }
     }
-    const float m1 = block_max(absmax_step(0.0f, s1), scratch[0]);
-    const float m2 = two ? block_max(absmax_step(0.0f, s2), scratch[1]) : 0.0f;
-    const float m3 = three ? block_max(absmax_step(0.0f, s3), scratch[2]) : 0.0f;
+    const float m1 = block_absmax(absmax_step(0.0f, s1), scratch[0]);
+    const float m2 = two ? block_absmax(absmax_step(0.0f, s2), scratch[1]) : 0.0f;
+    const float m3 = three ? block_absmax(absmax_step(0.0f, s3), scratch[2]) : 0.0f;
     if (threadIdx.x == 0) {
       am1[b] = m1;
       if (two) am2[b] = m2;
@@ -108,24 +97,10 @@ __global__ void __launch_bounds__(kOptimBlock) optim8_kernel(int32_t kind, T* __
   }
 }
 
-/* Device or managed memory of the current device (absent optional states were checked by the argument checks). */
-int check_optim_pointer(const void* ptr, const char* name) { return ptr == nullptr ? KBIT_OK : check_device_memory(ptr, name); }
-
-int check_optim_pointers(const void* const* ptrs, const char* const* names, int count) {
-  for (int i = 0; i < count; ++i)
-    if (int s = check_optim_pointer(ptrs[i], names[i])) return s;
-  return KBIT_OK;
-}
-
-unsigned grid_for(int64_t work_items, int per_block) {
-  const int64_t wanted = (work_items + per_block - 1) / per_block;
-  return static_cast<unsigned>(wanted < kMaxGrid ? wanted : kMaxGrid);
-}
-
 template <class T>
 int launch32(int32_t kind, void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k,
              cudaStream_t stream) {
-  optim32_kernel<T><<<grid_for(n, kThreads32), kThreads32, 0, stream>>>(kind, static_cast<T*>(p),
+  optim32_kernel<T><<<grid_for(n, kThreads32, kMaxGrid), kThreads32, 0, stream>>>(kind, static_cast<T*>(p),
                                                                         static_cast<const T*>(g), s1, s2, n, k);
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
@@ -134,7 +109,7 @@ int launch32(int32_t kind, void* p, const void* g, float* s1, float* s2, int64_t
 template <class T>
 int launch8(int32_t kind, void* p, const void* g, uint8_t* c1, uint8_t* c2, float* a1, float* a2, int64_t n,
             const OptimScalars& k, cudaStream_t stream) {
-  optim8_kernel<T><<<grid_for(n, kOptimBlock), kOptimBlock, 0, stream>>>(
+  optim8_kernel<T><<<grid_for(n, kOptimBlock, kMaxGrid), kOptimBlock, 0, stream>>>(
       kind, static_cast<T*>(p), static_cast<const T*>(g), c1, c2, a1, a2, n, k);
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
@@ -154,9 +129,7 @@ KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void*
     if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
     if (n == 0) return KBIT_OK;
-    const void* ptrs[] = {p, g, state1, state2};
-    const char* names[] = {"p", "g", "state1", "state2"};
-    if (int s = kbit::check_optim_pointers(ptrs, names, 4)) return s;
+    if (int s = kbit::check_device_pointers({{p, "p"}, {g, "g"}, {state1, "state1"}, {state2, "state2"}})) return s;
     const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     auto st = static_cast<cudaStream_t>(stream);
     return kbit::dispatch(dtype, [&](auto tag) {
@@ -177,9 +150,9 @@ KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dty
     if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
     if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
     if (n == 0) return KBIT_OK;
-    const void* ptrs[] = {p, g, state1, state2, absmax1, absmax2};
-    const char* names[] = {"p", "g", "state1", "state2", "absmax1", "absmax2"};
-    if (int s = kbit::check_optim_pointers(ptrs, names, 6)) return s;
+    if (int s = kbit::check_device_pointers(
+            {{p, "p"}, {g, "g"}, {state1, "state1"}, {state2, "state2"}, {absmax1, "absmax1"}, {absmax2, "absmax2"}}))
+      return s;
     const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     auto st = static_cast<cudaStream_t>(stream);
     return kbit::dispatch(dtype, [&](auto tag) {
