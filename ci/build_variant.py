@@ -226,10 +226,25 @@ def build(name: str, *, matrix_path: Path = matrix.MATRIX_PATH, archs: tuple[int
     _run([cmake, "--install", str(build_dir)], log)
     library = prefix / "kbit" / matrix.library_filename(name, plat)
     info = read_build_info(library)
-    expected = list(sass or variant.sass)
-    if info["variant"] != name or info["sass"] != expected or (variant.backend == "cuda" and info["ptx"] != max(expected)):
-        raise BuildError(f"{library} reports {info}, which is not what was asked for ({name}, sass {expected})")
+    check_manifest(variant, library, info, list(sass or variant.sass))
     return BuildResult(name, library, info, configure, compile_seconds)
+
+
+def check_manifest(variant: matrix.Variant, library: Path, info: dict, expected_sass: list[int]) -> None:
+    """The built library, its installed manifest and matrix.toml agree: the manifest file is what the library
+    reports, it holds the archs that were asked for, and ci/matrix.py finds nothing that drifted from the row."""
+    manifest_path = library.with_name(f"kbit_{variant.name}.build.json")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+    if manifest != info:
+        raise BuildError(f"{manifest_path} holds {manifest}, but {library} reports {info}. fix: rebuild from a clean "
+                         f"build folder (rm -rf build/{variant.name}-*)")
+    if info.get("sass") != expected_sass:
+        raise BuildError(f"{library} reports sass {info.get('sass')}, which is not what was asked for "
+                         f"({variant.name}, sass {expected_sass})")
+    problems = matrix.manifest_problems(variant, info)
+    if problems:
+        raise BuildError(f"{manifest_path} drifted from matrix.toml's {variant.name} row: {'; '.join(problems)}. "
+                         f"fix: rebuild with nox -s build-{variant.name}, or correct matrix.toml")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -355,6 +355,30 @@ def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None) -> list[st
     return args
 
 
+def manifest_problems(variant: Variant, info: dict) -> list[str]:
+    """What a build manifest (kbit_<variant>.build.json: what the library says about itself) says that the
+    variant's matrix.toml row does not; [] when they agree. A CUDA build may hold a subset of the row's SASS archs
+    (ci/build_variant.py --archs); its PTX is then the newest of them. ci/build_variant.py checks every build."""
+    problems = []
+    if info.get("variant") != variant.name or info.get("backend") != variant.backend:
+        problems.append(f"variant/backend {info.get('variant')}/{info.get('backend')} vs {variant.name}/{variant.backend}")
+    sass, ptx, toolkit = info.get("sass"), info.get("ptx"), info.get("toolkit")
+    if variant.backend != "cuda":
+        if sass != [] or ptx is not None or toolkit is not None:
+            problems.append(f"a CPU build with sass {sass}, ptx {ptx}, toolkit {toolkit}")
+        return problems
+    if not isinstance(toolkit, str) or ".".join(toolkit.split(".")[:2]) != variant.toolkit:
+        problems.append(f"toolkit {toolkit} vs {variant.toolkit}")
+    if not sass or not set(sass) <= set(variant.sass) or ptx != max(sass):
+        problems.append(f"sass {sass} ptx {ptx} vs {list(variant.sass)} ptx {variant.ptx}")
+    elif sass == list(variant.sass) and ptx != variant.ptx:
+        problems.append(f"ptx {ptx} vs {variant.ptx}")
+    if info.get("min_driver") != variant.min_driver or info.get("compression") != variant.compression:
+        problems.append(f"min_driver/compression {info.get('min_driver')}/{info.get('compression')} vs "
+                        f"{variant.min_driver}/{variant.compression}")
+    return problems
+
+
 def _gha_job(v: Variant, plat: str) -> dict[str, str]:
     # NVIDIA's Ubuntu 24.04 repository starts at CUDA 12.5: older toolkits come from the 22.04 one, on 22.04 runners
     old = v.toolkit is not None and cuda_catalog.version_tuple(v.toolkit) < (12, 5)
