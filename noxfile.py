@@ -5,6 +5,7 @@
 - toolkit-<variant>: fetch the row's CUDA toolkit (toolkit_source) into .toolkits/<variant>.
 - tests: the test suite in a fresh venv with the package installed (README's test command).
 - check: validate matrix.toml and the generated numerics tables.
+- lint: ruff over the Python code (configuration: pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
 - bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py).
 """
 from __future__ import annotations
@@ -77,6 +78,17 @@ def check(session: nox.Session) -> None:
     session.install(*TEST_TORCH)
     session.run("python", str(ROOT / "ci" / "matrix.py"), "check")
     session.run("python", str(ROOT / "ci" / "gen_numerics.py"), "--check")
+
+
+# the ruff release the lint session runs (pinned: a newer ruff may add findings under the same rule codes)
+LINT_TOOLS = ("ruff==0.17.6",)
+
+
+@nox.session(default=False)
+def lint(session: nox.Session) -> None:
+    """Lint the Python code with ruff (rules in pyproject.toml [tool.ruff])."""
+    session.install(*LINT_TOOLS)
+    session.run("ruff", "check", *(session.posargs or ["python", "ci", "tests", "noxfile.py"]))
 
 
 @nox.session

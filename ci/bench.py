@@ -7,9 +7,10 @@ This module owns `nox -s bench`: it times, on one size x size float32 tensor (de
  - the same operations in bitsandbytes when it is importable in the environment,
 and prints the median of `--repeats` timed runs (after one warm-up) with throughput and the targets of
 issue 3. The runs are round-robin (one call of every operation per round), so a burst of load from
-elsewhere on the machine hits the operations being compared alike. Bytes are counted as stated on each line: quantize counts the float32 input read, dequantize
-the output written, copy the bytes written. It reports figures; it does not fail on a missed target
-unless --check is given. It does not run in the test suite (tests/test_bench.py runs it on a tiny size).
+elsewhere on the machine hits the operations being compared alike. Bytes are counted as stated on each line:
+quantize counts the float32 input read, dequantize the output written, copy the bytes written. It reports
+figures; it does not fail on a missed target unless --check is given. It does not run in the test suite
+(tests/test_bench.py runs it on a tiny size).
 
 CLI: python ci/bench.py [--size N] [--repeats R] [--threads T] [--json] [--check]
 """
@@ -21,8 +22,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 COPY_FRACTION = 0.80   # dequantize (bytes written) must reach this fraction of the copy bandwidth
 QUANTIZE_GBPS = 2.0    # quantize_4bit and quantize_blockwise: GB/s of float32 input

@@ -15,10 +15,11 @@ import argparse
 import json
 import re
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 if __package__ in (None, ""):  # run as a script: make `ci` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -315,7 +316,8 @@ def parse(text: str, path: Path = MATRIX_PATH) -> dict[str, Variant]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(path, [Problem("(file)", f"is not valid TOML: {exc}",
-                                         "fix the syntax; a table defined twice (a duplicated row) also lands here")])
+                                         "fix the syntax; a table defined twice (a duplicated row) also lands here")]
+                          ) from None
     problems = _check_document(doc)
     if problems:
         raise MatrixError(path, problems)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kbit.functional as F
+
 from conftest import require_tool
 
 try:

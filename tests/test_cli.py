@@ -10,11 +10,11 @@ import sys
 import warnings
 
 import pytest
+from test_facts import FakeCuda
 
 import kbit
 from kbit import __main__ as cli
 from kbit import _abi, _facts, _native, _platform, _report, _runtime
-from test_facts import FakeCuda
 
 SECTIONS = ["kbit: ", "platform: ", "glibc: ", "python: ", "torch: ", "driver: ", "gpus: ", "bundled variants:",
             "decision: ", "load:", "self-test:", "diagnosis:", "result: "]

@@ -13,6 +13,7 @@ import pytest
 
 from ci import build_variant, matrix
 from kbit import _abi
+
 from conftest import cmake_binaries, require_tool
 
 pytestmark = pytest.mark.compile

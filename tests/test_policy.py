@@ -3,7 +3,6 @@ expected variant (or typed error), the failure class and words the reasons or wa
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import pytest

@@ -270,6 +270,7 @@ def test_elf_requirements_of_the_cpu_library():
 @pytest.fixture(scope="module")
 def cuda130_sm80(tmp_path_factory):
     from ci import build_variant, matrix
+
     from conftest import require_tool
 
     try:

@@ -100,8 +100,8 @@ def packed_bytes(name: str, packed: object, n: int, device: torch.device | None 
     want = (n + 1) // 2
     if flat.numel() != want:
         raise _errors.KbitValueError(f"{name} holds {flat.numel()} bytes but the quant state describes {n} "
-                                     f"elements ({want} bytes);", fix=f"pass the packed tensor and the state of "
-                                     f"the same quantize_4bit call")
+                                     f"elements ({want} bytes);", fix="pass the packed tensor and the state of "
+                                     "the same quantize_4bit call")
     if device is not None and flat.device != device:
         raise _errors.KbitValueError(f"{name} is on {flat.device} but the quant state is on {device}; move both "
                                      f"with QuantState.to(device) and {name}.to(device)")

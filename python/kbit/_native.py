@@ -47,12 +47,12 @@ def library_path(variant: str) -> Path:
         present = [name for name in _package_entries() if "kbit_" in name] or ["no kbit libraries"]
         raise _errors.LibraryLoadError(
             f"kbit's library {library_filename(variant)} is not in the installed package ({package_dir()}), "
-            f"which holds: {', '.join(present)}.", fix=f"reinstall kbit (pip install --force-reinstall kbit), "
-            f"or from a source checkout `pip install .`")
+            f"which holds: {', '.join(present)}.", fix="reinstall kbit (pip install --force-reinstall kbit), "
+            "or from a source checkout `pip install .`")
     if not isinstance(resource, Path):
         raise _errors.LibraryLoadError(
             f"kbit is installed in a form that is not plain files on disk ({type(resource).__name__}); native "
-            f"libraries cannot be loaded from it.", fix=f"install kbit with pip into a normal environment")
+            f"libraries cannot be loaded from it.", fix="install kbit with pip into a normal environment")
     return resource.resolve()
 
 
@@ -73,8 +73,8 @@ def bundled_manifests() -> dict[str, dict]:
                 found[info["variant"]] = info
             except (ValueError, KeyError, TypeError) as exc:
                 raise _errors.LibraryLoadError(
-                    f"the build manifest {entry} is damaged ({exc}).", fix=f"reinstall kbit "
-                    f"(pip install --force-reinstall kbit)") from None
+                    f"the build manifest {entry} is damaged ({exc}).", fix="reinstall kbit "
+                    "(pip install --force-reinstall kbit)") from None
     return found
 
 
@@ -102,7 +102,7 @@ def _declare(handle: ctypes.CDLL, path: Path) -> None:
         except AttributeError:
             raise _errors.LibraryLoadError(
                 f"{path} does not export {name}: it is not a kbit library of this version.",
-                fix=f"reinstall kbit (pip install --force-reinstall kbit)") from None
+                fix="reinstall kbit (pip install --force-reinstall kbit)") from None
         fn.restype, fn.argtypes = restype, argtypes
 
 
@@ -115,8 +115,8 @@ def load_library(path: Path, manifest: dict | None = None) -> NativeLibrary:
     problem = platform.file_problem(path)
     if problem:
         raise _errors.LibraryLoadError(
-            f"{path} cannot be loaded: {problem}.", fix=f"reinstall kbit (pip install --force-reinstall kbit); "
-            f"an interrupted download or install leaves such files")
+            f"{path} cannot be loaded: {problem}.", fix="reinstall kbit (pip install --force-reinstall kbit); "
+            "an interrupted download or install leaves such files")
     platform.prepare_load(path.parent)
     try:
         handle = platform.load(path)
@@ -127,14 +127,14 @@ def load_library(path: Path, manifest: dict | None = None) -> NativeLibrary:
     if found != ABI_VERSION:
         raise _errors.AbiMismatchError(
             f"{path} speaks kbit ABI {found}, but the kbit Python package loaded in this process speaks ABI "
-            f"{ABI_VERSION}.", fix=f"if kbit was upgraded inside a running notebook or process, restart it; "
-            f"otherwise reinstall kbit so that its Python files and libraries come from one version")
+            f"{ABI_VERSION}.", fix="if kbit was upgraded inside a running notebook or process, restart it; "
+            "otherwise reinstall kbit so that its Python files and libraries come from one version")
     info = json.loads(handle.kbit_build_info().decode("utf-8"))
     if manifest is not None and info != manifest:
         raise _errors.LibraryLoadError(
             f"{path} describes itself as {info}, but its manifest kbit_{manifest.get('variant')}.build.json says "
-            f"{manifest}: the library and the manifest come from different builds.", fix=f"reinstall kbit "
-            f"(pip install --force-reinstall kbit) so that both come from one wheel")
+            f"{manifest}: the library and the manifest come from different builds.", fix="reinstall kbit "
+            "(pip install --force-reinstall kbit) so that both come from one wheel")
     return NativeLibrary(path, handle, info)
 
 

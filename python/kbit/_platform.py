@@ -13,8 +13,9 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from kbit import _binfile
 

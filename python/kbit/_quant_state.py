@@ -83,7 +83,7 @@ class QuantState:
         return tensors
 
     @classmethod
-    def from_dict(cls, qs_dict: dict[str, Any], device: torch.device | str = "cpu") -> "QuantState":
+    def from_dict(cls, qs_dict: dict[str, Any], device: torch.device | str = "cpu") -> QuantState:
         """Rebuild a state from as_dict's output, packed or not, with or without a key prefix (e.g. the
         "weight." of a state_dict). Tensors go to `device`. Anything but a well-formed 4-bit state whose maps
         are kbit's (NF4/FP4, the signed dynamic map for nested absmax) is refused with a KbitValueError."""
@@ -94,7 +94,7 @@ class QuantState:
         missing = [k for k in ("absmax", "quant_map", "blocksize", "dtype", "shape") if k not in items]
         if missing:
             raise _errors.KbitValueError(f"the 4-bit quant state lacks {', '.join(missing)}; found keys "
-                                         f"{sorted(items)}.", fix=f"pass every item QuantState.as_dict() wrote")
+                                         f"{sorted(items)}.", fix="pass every item QuantState.as_dict() wrote")
         code = _tensor_item(items, "quant_map").to(device)
         if code.numel() != 16 or not torch.equal(code.float().cpu(), _maps.get_4bit_type(quant_type)):
             raise _errors.KbitValueError(f"quant_map is not the {quant_type} map; kbit's kernels use the standard "
@@ -106,7 +106,7 @@ class QuantState:
         check_quant_state(state, "the loaded quant state")
         return state
 
-    def to(self, device: torch.device | str) -> "QuantState":
+    def to(self, device: torch.device | str) -> QuantState:
         """Move every tensor to `device` in place (as bitsandbytes' QuantState.to); returns self."""
         self.absmax = self.absmax.to(device)
         if self.code is not None:

@@ -28,7 +28,7 @@ def _facts_lines(report) -> list[str]:
     lines = [f"kbit: {report.kbit_version} ({report.kbit_path})",
              f"platform: {f.host.os} {f.host.arch} ({f.host.platform} loader)",
              f"glibc: {f.host.libc or 'n/a'}", f"python: {f.host.python}",
-             f"torch: {f.torch.version}, CUDA {f.torch.cuda or (f'none (ROCm build, HIP {f.torch.hip})' if f.torch.hip else 'none (CPU-only build)')}"]
+             f"torch: {f.torch.version}, CUDA {f.torch.cuda or _no_torch_cuda(f.torch)}"]
     if drv.status == "not_found":
         lines.append(f"driver: not found ({'; '.join(drv.errors)})")
     else:
@@ -41,6 +41,10 @@ def _facts_lines(report) -> list[str]:
     if f.env:
         lines.append("environment: " + ", ".join(f"{k}={v!r}" for k, v in f.env.items()))
     return lines
+
+
+def _no_torch_cuda(torch_facts) -> str:
+    return f"none (ROCm build, HIP {torch_facts.hip})" if torch_facts.hip else "none (CPU-only build)"
 
 
 def _decision_lines(report) -> list[str]:

@@ -67,7 +67,7 @@ class Linear4bit(torch.nn.Module):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, compute_dtype: torch.dtype | None = None, quant_type: str = "nf4",
-                    blocksize: int = 64, compress_statistics: bool = True) -> "Linear4bit":
+                    blocksize: int = 64, compress_statistics: bool = True) -> Linear4bit:
         """A Linear4bit holding `linear`'s weight quantized (once) and a copy of its bias, on its device."""
         if not isinstance(linear, torch.nn.Linear):
             raise _errors.KbitValueError(f"from_linear needs a torch.nn.Linear, got {type(linear).__name__}")
@@ -143,8 +143,8 @@ class Linear4bit(torch.nn.Module):
         if not items:
             raise _errors.KbitValueError(
                 f"{key} has shape {tuple(weight.shape)} and dtype {weight.dtype} with no quant state items "
-                f"({key}.absmax, {key}.quant_state.bitsandbytes__nf4, ...): it is not a 4-bit weight.", fix=f"quantize "
-                f"an nn.Linear once with Linear4bit.from_linear(linear) and save that layer's state_dict")
+                f"({key}.absmax, {key}.quant_state.bitsandbytes__nf4, ...): it is not a 4-bit weight.", fix="quantize "
+                "an nn.Linear once with Linear4bit.from_linear(linear) and save that layer's state_dict")
         device = self._target_device(weight)
         state = QuantState.from_dict(dict(items), device=device)
         expected = torch.Size((self.out_features, self.in_features))

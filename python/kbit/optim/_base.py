@@ -91,14 +91,14 @@ class KbitOptimizer(torch.optim.Optimizer):
         if p.dtype not in _SUPPORTED:
             raise _errors.KbitValueError(
                 f"a parameter with a gradient has dtype {p.dtype}; kbit optimizers update torch.float32, "
-                f"torch.float16 and torch.bfloat16 parameters.", fix=f"freeze it (requires_grad=False) or keep it out "
-                f"of the optimizer's parameters")
+                f"torch.float16 and torch.bfloat16 parameters.", fix="freeze it (requires_grad=False) or keep it out "
+                "of the optimizer's parameters")
 
     def _check_grad(self, p: torch.Tensor) -> torch.Tensor:
         g = p.grad
         if g.is_sparse:
             raise _errors.KbitValueError(
-                "a parameter has a sparse gradient; kbit optimizers need dense gradients.", fix=f"use "
+                "a parameter has a sparse gradient; kbit optimizers need dense gradients.", fix="use "
                 "torch.optim.SparseAdam for sparse embeddings, or nn.Embedding(sparse=False)")
         self._check_dtype(p)
         if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
@@ -165,7 +165,7 @@ class KbitOptimizer(torch.optim.Optimizer):
         if problems:
             raise _errors.KbitValueError(
                 f"the optimizer state of a parameter of shape {tuple(p.shape)} does not fit {type(self).__name__}: "
-                f"{'; '.join(problems)}.", fix=f"load a state_dict saved by the same optimizer class for the same model")
+                f"{'; '.join(problems)}.", fix="load a state_dict saved by the same optimizer class for the same model")
 
     @staticmethod
     def _check_step(state: dict) -> list[str]:
@@ -250,8 +250,8 @@ class KbitOptimizer(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         if len(saved_ids) != len(params):
             raise _errors.KbitValueError(
-                f"the state_dict has {len(saved_ids)} parameters but this optimizer has {len(params)}.", fix=f"load "
-                f"a state_dict saved by the same optimizer for the same model")
+                f"the state_dict has {len(saved_ids)} parameters but this optimizer has {len(params)}.", fix="load "
+                "a state_dict saved by the same optimizer for the same model")
         restored = {}
         for old_id, p in zip(saved_ids, params):
             if old_id in saved_state:

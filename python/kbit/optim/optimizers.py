@@ -41,7 +41,7 @@ def _as_tuple(betas: object) -> object:
 def _refuse(condition: bool, what: str) -> None:
     if condition:
         raise _errors.KbitValueError(f"{what} is not supported by kbit's optimizers (nor run by bitsandbytes' "
-                                     f"kernels);", fix=f"leave it at its default or use torch.optim")
+                                     f"kernels);", fix="leave it at its default or use torch.optim")
 
 
 class Adam(KbitOptimizer):
@@ -105,7 +105,7 @@ class SGD(KbitOptimizer):
                  min_8bit_size=4096):
         if not momentum:
             raise _errors.KbitValueError("SGD without momentum keeps no state, so kbit (like bitsandbytes) does "
-                                         "not provide it;", fix=f"pass momentum > 0 or use torch.optim.SGD")
+                                         "not provide it;", fix="pass momentum > 0 or use torch.optim.SGD")
         check_hyper("momentum", momentum, below_one=True)
         _refuse(bool(nesterov), "nesterov=True")
         _refuse(dampening != 0, f"dampening={dampening!r}")
