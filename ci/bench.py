@@ -10,7 +10,7 @@ issue 3. The runs are round-robin (one call of every operation per round), so a 
 elsewhere on the machine hits the operations being compared alike. Bytes are counted as stated on each line:
 quantize counts the float32 input read, dequantize the output written, copy the bytes written. It reports
 figures; it does not fail on a missed target unless --check is given. It does not run in the test suite
-(tests/test_bench.py runs it on a tiny size).
+(tests/ops/test_bench.py runs it on a tiny size).
 
 CLI: python ci/bench.py [--size N] [--repeats R] [--threads T] [--json] [--check]
 """

@@ -110,7 +110,7 @@ def library_filename(variant: str, platform: str) -> str:
     """libkbit_<variant>.so on Linux, kbit_<variant>.dll on Windows (CMake's default shared-library naming).
 
     The runtime (python/kbit/_native.py) has its own copy, since the installed package cannot import ci/;
-    tests/test_abi.py checks that the two agree."""
+    tests/runtime/test_abi.py checks that the two agree."""
     stem = library_stem(variant)
     return f"{stem}.dll" if platform.startswith("win") else f"lib{stem}.so"
 

@@ -32,7 +32,7 @@ extern "C" {
 #define KBIT_ABI_VERSION 2
 
 /* Every constant of this ABI is written here once. kbit._abi (python/kbit/_abi.py) holds the Python copy;
- * tests/test_abi.py parses this header and fails when the two differ (enums, defines, structs, prototypes). */
+ * tests/runtime/test_abi.py parses this header and fails when the two differ (enums, defines, structs, prototypes). */
 
 typedef enum kbit_status {
   KBIT_OK = 0,

@@ -2,7 +2,7 @@
  * Owns: which copy of a hot loop runs (the x86-64 baseline, or AVX2 when the CPU and OS have it and
  * KBIT_CPU_BASELINE is not "1"), and the AVX2 lookup of a block's 16 dequantized values. Every AVX2 routine here
  * performs the same IEEE operations (or the same table lookups) as the portable loop it replaces, so results are
- * identical bit for bit; tests/test_blockwise4.py compares the two paths. No build flag above the baseline is
+ * identical bit for bit; tests/ops/test_blockwise4.py compares the two paths. No build flag above the baseline is
  * used: AVX2 code is compiled per function with a target attribute (GCC and Clang on x86-64 only). */
 #pragma once
 

@@ -3,7 +3,7 @@ kbit_optim_params struct, every exported function's ctypes prototype, and which 
 status becomes.
 
 This module owns only declarations, and it is the one Python copy of them: every other module takes its ABI
-numbers from here. tests/test_abi.py parses csrc/kbit.h and fails when anything here differs from it (enum
+numbers from here. tests/runtime/test_abi.py parses csrc/kbit.h and fails when anything here differs from it (enum
 values, defines, struct fields, prototypes' parameter types and order). Loading libraries is kbit._native's
 job; which library serves a tensor is kbit._dispatch's. When something is added to csrc/kbit.h, it is added
 here too.
@@ -40,7 +40,7 @@ OPTIM_ADAM, OPTIM_MOMENTUM, OPTIM_RMSPROP, OPTIM_ADAGRAD, OPTIM_LION, OPTIM_ADEM
 
 def optim_state_count(kind: int) -> int:
     """How many states an optimizer kind keeps (kbit.h, kbit_optimizer; csrc/numerics/optim.h state_count):
-    ADAM 2, ADEMAMIX 3 (its third after the first, in state1), every other kind 1. tests/test_abi.py checks this
+    ADAM 2, ADEMAMIX 3 (its third after the first, in state1), every other kind 1. tests/runtime/test_abi.py checks this
     against what the library refuses (a NULL state2 for a kind that keeps two)."""
     return 2 if kind == OPTIM_ADAM else 3 if kind == OPTIM_ADEMAMIX else 1
 

@@ -25,7 +25,7 @@ _STATUS_ERRORS = _abi.STATUS_ERRORS
 
 def library_filename(variant: str) -> str:
     """The file name of a variant's library: the one place the runtime computes it (the build: ci/matrix.py
-    library_filename, CMake: kbit_output_name; tests/test_abi.py checks they agree)."""
+    library_filename, CMake: kbit_output_name; tests/runtime/test_abi.py checks they agree)."""
     return _platform.current().shared_library_name(f"kbit_{variant}")
 
 

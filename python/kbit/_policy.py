@@ -2,7 +2,7 @@
 
 This module owns the selection rules and the BNB_CUDA_VERSION syntax; it does no I/O (facts come in as
 kbit._facts dataclasses) and loads nothing. CPU tensors are always served by the CPU library, whatever is
-decided here. The rules (tests/test_policy.py holds one table of cases for them):
+decided here. The rules (tests/runtime/test_policy.py holds one table of cases for them):
 
 - BNB_CUDA_VERSION, when set, must be `124` / `1210` (major then minor), `12.4`, or `cpu`; anything else
   (letters, paths, empty, whitespace, long strings) raises BadOverrideError listing the bundled variants,

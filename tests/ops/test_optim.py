@@ -1,4 +1,4 @@
-"""kbit.optim on the CPU library: every optimizer against the plain-torch reference (tests/optim_reference.py),
+"""kbit.optim on the CPU library: every optimizer against the plain-torch reference (tests/ops/optim_reference.py),
 the published 8-bit-vs-32-bit accuracy figures, edges (small parameters, non-finite gradients), state_dict
 round trips, thread-count independence, paging on CPU and errors. CUDA versions are marked `cuda`.
 

@@ -15,6 +15,7 @@ import kbit
 from kbit import _abi, _native
 
 from conftest import ROOT
+from helpers import compile_library
 
 HEADER = (ROOT / "csrc" / "kbit.h").read_text()
 
@@ -128,13 +129,8 @@ def test_a_library_for_another_cpu_says_so(tmp_path):
 
 
 def test_a_file_the_loader_refuses_gives_the_loaders_own_message(tmp_path):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to make a library with an unresolved symbol")
-    src = tmp_path / "x.c"
-    src.write_text("void kbit_missing_dependency(void);\nvoid f(void) { kbit_missing_dependency(); }\n")
-    lib = tmp_path / "libkbit_cpu.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    lib = compile_library("void kbit_missing_dependency(void);\nvoid f(void) { kbit_missing_dependency(); }\n",
+                          tmp_path, "libkbit_cpu.so")
     out = _load_in_subprocess(lib)
     assert "the system loader refused" in out and str(lib) in out
     assert "undefined symbol: kbit_missing_dependency" in out and "fix:" in out

@@ -10,11 +10,12 @@ import sys
 import warnings
 
 import pytest
-from test_facts import FakeCuda
 
 import kbit
 from kbit import __main__ as cli
-from kbit import _abi, _facts, _native, _platform, _report, _runtime
+from kbit import _facts, _native, _platform, _report, _runtime
+
+from helpers import FakeCuda, FakeDriverPlatform, cuda_manifest
 
 SECTIONS = ["kbit: ", "platform: ", "glibc: ", "python: ", "torch: ", "driver: ", "gpus: ", "bundled variants:",
             "decision: ", "load:", "self-test:", "diagnosis:", "result: "]
@@ -71,24 +72,8 @@ def test_show_config_prints_and_returns_the_exit_code(capsys):
 
 # ---------------------------------------------------------------------------------- simulated machines
 
-class FakeDriverPlatform(_platform.LinuxPlatform):
-    def __init__(self, driver, libc="2.36"):
-        super().__init__()
-        self.driver, self.libc = driver, libc
-
-    def open_driver(self):
-        if self.driver is None:
-            raise OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
-        return self.driver
-
-    def libc_version(self):
-        return self.libc
-
-
 def manifest(variant, toolkit, sass, min_driver="550.54.14"):
-    return {"abi": _abi.ABI_VERSION, "kbit_version": kbit.__version__, "variant": variant, "backend": "cuda", "toolkit": toolkit,
-            "sass": list(sass), "ptx": max(sass), "compression": "all", "min_driver": min_driver, "compiler": "nvcc",
-            "commit": "sim"}
+    return cuda_manifest(variant, toolkit, sass, min_driver)
 
 
 BUNDLES = {

@@ -14,17 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import kbit
 from kbit import _abi, _errors, _native, _platform
 
-PACKAGE = Path(kbit.__file__).parent
-
-
-def package_copy(root: Path) -> Path:
-    """A copy of the installed package in root/site/kbit; returns root/site (to put first on sys.path)."""
-    site = root / "site"
-    shutil.copytree(PACKAGE, site / "kbit", ignore=shutil.ignore_patterns("__pycache__"))
-    return site
+from helpers import compile_library, cuda_manifest, package_copy
 
 
 def run(site: Path | None, code: str, env: dict | None = None, *args: str) -> subprocess.CompletedProcess:
@@ -148,9 +140,7 @@ def test_a_bad_override_is_refused_at_the_first_cuda_use_but_cpu_keeps_working(t
 
 
 def _fake_manifest(site: Path, variant: str, **changes) -> dict:
-    info = {"abi": _abi.ABI_VERSION, "kbit_version": kbit.__version__, "variant": variant, "backend": "cuda", "toolkit": "12.4.131",
-            "sass": [80], "ptx": 80, "compression": "all", "min_driver": "550.54.14", "compiler": "x", "commit": "y"}
-    info.update(changes)
+    info = cuda_manifest(variant, **changes)
     (site / "kbit" / f"kbit_{variant}.build.json").write_text(json.dumps(info))
     return info
 
@@ -185,18 +175,12 @@ const char* kbit_last_error(void) { return ""; }
 
 
 @pytest.fixture(scope="module")
-def abi2_library(tmp_path_factory) -> Path:
-    """A library exporting every kbit function but speaking ABI 2: what a newer kbit's files look like."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
+def newer_abi_library(tmp_path_factory) -> Path:
+    """A library exporting every kbit function but speaking the next ABI: what a newer kbit's files look like."""
     stubs = "\n".join(f"int {name}(void) {{ return 0; }}" for name in _abi.PROTOTYPES
                       if name not in ("kbit_abi_version", "kbit_build_info", "kbit_last_error"))
-    folder = tmp_path_factory.mktemp("abi2")
-    (folder / "fake.c").write_text(FAKE_KBIT % {"abi": _abi.ABI_VERSION + 1, "stubs": stubs})
-    lib = folder / "libkbit_cpu.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(folder / "fake.c")], check=True)
-    return lib
+    source = FAKE_KBIT % {"abi": _abi.ABI_VERSION + 1, "stubs": stubs}
+    return compile_library(source, tmp_path_factory.mktemp("newer_abi"), "libkbit_cpu.so")
 
 
 STALE = """
@@ -211,9 +195,9 @@ except kbit.AbiMismatchError as e:
 """
 
 
-def test_a_library_upgraded_under_a_running_process_says_both_abis_and_to_restart(tmp_path, abi2_library):
+def test_a_library_upgraded_under_a_running_process_says_both_abis_and_to_restart(tmp_path, newer_abi_library):
     site = package_copy(tmp_path)
-    done = run(site, STALE, None, str(abi2_library))
+    done = run(site, STALE, None, str(newer_abi_library))
     out = done.stdout
     assert out.startswith("AbiMismatchError 11"), done.stderr
     assert f"speaks kbit ABI {_abi.ABI_VERSION + 1}" in out and f"speaks ABI {_abi.ABI_VERSION}" in out

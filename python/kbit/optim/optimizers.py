@@ -22,7 +22,7 @@ Where kbit deliberately differs from bitsandbytes' kernels (each follows numeric
     its 2-state kernel).
   - AdEMAMix 8-bit: the slow EMA's absmax is absmax1[1, b] (the (2, blocks) layout); bitsandbytes' kernel
     indexes (n + i) / 256, which equals that only when n is a multiple of 256.
-Each matched edge is checked in tests/test_optim.py against a plain-torch reference (tests/optim_reference.py).
+Each matched edge is checked in tests/ops/test_optim.py against a plain-torch reference (tests/ops/optim_reference.py).
 Refused instead of silently ignored (bitsandbytes ignores some of them): amsgrad, nesterov, dampening != 0,
 RMSprop centered/momentum, Adagrad lr_decay/initial_accumulator_value, AdEMAMix t_alpha/t_beta3 schedules.
 """
