@@ -127,4 +127,19 @@ inline int check_optimizer_states(int32_t kind, int64_t n, const void* state1, c
   return KBIT_OK;
 }
 
+/* Everything both backends check before an optimizer step, in this order: the params (read into *k), kind,
+ * dtype, sizes and step, the states and, for the 8-bit blockwise form, the absmax arrays. */
+inline int check_optimizer_call(int32_t kind, int32_t dtype, const void* p, const void* g, int64_t n,
+                                const kbit_optim_params* params, const void* state1, const void* state2,
+                                const void* absmax1, const void* absmax2, bool blockwise, OptimScalars* k) {
+  kbit_optim_params a;
+  if (int s = read_optim_params(params, &a)) return s;
+  if (int s = check_optimizer(kind, dtype, p, g, n, a)) return s;
+  if (int s = check_optimizer_states(kind, n, state1, state2, "state")) return s;
+  if (blockwise)
+    if (int s = check_optimizer_states(kind, n, absmax1, absmax2, "absmax")) return s;
+  *k = make_optim_scalars(a);
+  return KBIT_OK;
+}
+
 }  // namespace kbit

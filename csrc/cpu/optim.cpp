@@ -214,13 +214,12 @@ KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void*
                                          float* state2, int64_t n, const kbit_optim_params* params, void* stream,
                                          int32_t num_threads) {
   return kbit::guarded("kbit_optimizer_update_32bit", [&]() -> int {
-    kbit_optim_params a;
-    if (int s = kbit::read_optim_params(params, &a)) return s;
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
+    kbit::OptimScalars k;
+    if (int s = kbit::check_optimizer_call(optimizer, dtype, p, g, n, params, state1, state2, nullptr, nullptr,
+                                           false, &k))
+      return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     return kbit::dispatch(dtype, [&](auto tag) {
       return kbit::Run32<kbit::dtype_t<decltype(tag)>>::by_kind(optimizer, p, g, state1, state2, n, k, num_threads);
     });
@@ -232,14 +231,12 @@ KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dty
                                                   int64_t n, const kbit_optim_params* params, void* stream,
                                                   int32_t num_threads) {
   return kbit::guarded("kbit_optimizer_update_8bit_blockwise", [&]() -> int {
-    kbit_optim_params a;
-    if (int s = kbit::read_optim_params(params, &a)) return s;
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
+    kbit::OptimScalars k;
+    if (int s = kbit::check_optimizer_call(optimizer, dtype, p, g, n, params, state1, state2, absmax1, absmax2, true,
+                                           &k))
+      return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     return kbit::dispatch(dtype, [&](auto tag) {
       return kbit::Run8<kbit::dtype_t<decltype(tag)>>::by_kind(optimizer, p, g, state1, state2, absmax1, absmax2, n, k,
                                                                num_threads);

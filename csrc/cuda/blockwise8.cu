@@ -4,15 +4,11 @@
 #include "cuda/cuda_check.h"
 #include "cuda/common.cuh"
 #include "numerics/blockwise8.h"
-#include "numerics/dynamic_maps.h"
+#include "cuda/device_maps.cuh"
 #include "numerics/float16.h"
 
 namespace kbit {
 namespace {
-
-__constant__ float c_values[256] = KBIT_DYNAMIC_SIGNED_VALUES;
-__constant__ float c_mid_hi[255] = KBIT_DYNAMIC_SIGNED_MID_HI;
-__constant__ float c_mid_lo[255] = KBIT_DYNAMIC_SIGNED_MID_LO;
 
 constexpr int kMaxThreads = 256;
 constexpr int kDequantPerThread = 4;
@@ -23,8 +19,8 @@ __global__ void quantize_kernel(const T* __restrict__ in, float* __restrict__ ab
                                 int64_t n, int32_t bs) {
   __shared__ float s_hi[255], s_lo[255], s_scratch[kMaxThreads / 32];
   for (int i = threadIdx.x; i < 255; i += blockDim.x) {
-    s_hi[i] = c_mid_hi[i];
-    s_lo[i] = c_mid_lo[i];
+    s_hi[i] = c_signed_mid_hi[i];
+    s_lo[i] = c_signed_mid_lo[i];
   }
   const int64_t start = static_cast<int64_t>(blockIdx.x) * bs;
   const int len = static_cast<int>(n - start < bs ? n - start : bs);
@@ -33,7 +29,7 @@ __global__ void quantize_kernel(const T* __restrict__ in, float* __restrict__ ab
   m = block_absmax(m, s_scratch);  // its __syncthreads also publishes s_hi / s_lo
   if (threadIdx.x == 0) absmax[blockIdx.x] = m;
   const float inv = inverse_absmax(m);
-  const MapView map{c_values, s_hi, s_lo};
+  const MapView map{c_signed_values, s_hi, s_lo};
   for (int i = threadIdx.x; i < len; i += blockDim.x) out[start + i] = quantize_8bit(to_float(in[start + i]), m, inv, map);
 }
 
@@ -41,7 +37,7 @@ template <class T>
 __global__ void dequantize_kernel(const uint8_t* __restrict__ codes, const float* __restrict__ absmax,
                                   T* __restrict__ out, int64_t n, int32_t log2_bs) {
   __shared__ float s_values[256];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) s_values[i] = c_values[i];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) s_values[i] = c_signed_values[i];
   __syncthreads();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)

@@ -5,19 +5,12 @@
 #include "common/args.h"
 #include "cuda/cuda_check.h"
 #include "cuda/common.cuh"
-#include "numerics/dynamic_maps.h"
+#include "cuda/device_maps.cuh"
 #include "numerics/float16.h"
 #include "numerics/optim.h"
 
 namespace kbit {
 namespace {
-
-__constant__ float c_opt_signed_values[256] = KBIT_DYNAMIC_SIGNED_VALUES;
-__constant__ float c_opt_signed_mid_hi[255] = KBIT_DYNAMIC_SIGNED_MID_HI;
-__constant__ float c_opt_signed_mid_lo[255] = KBIT_DYNAMIC_SIGNED_MID_LO;
-__constant__ float c_opt_unsigned_values[256] = KBIT_DYNAMIC_UNSIGNED_VALUES;
-__constant__ float c_opt_unsigned_mid_hi[255] = KBIT_DYNAMIC_UNSIGNED_MID_HI;
-__constant__ float c_opt_unsigned_mid_lo[255] = KBIT_DYNAMIC_UNSIGNED_MID_LO;
 
 constexpr int kThreads32 = 256;
 constexpr int kMaxGrid = 4096;
@@ -40,13 +33,13 @@ __global__ void optim32_kernel(int32_t kind, T* __restrict__ p, const T* __restr
 
 __device__ void stage_maps(float* sv, float* shi, float* slo, float* uv, float* uhi, float* ulo) {
   for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    sv[i] = c_opt_signed_values[i];
-    uv[i] = c_opt_unsigned_values[i];
+    sv[i] = c_signed_values[i];
+    uv[i] = c_unsigned_values[i];
     if (i < 255) {
-      shi[i] = c_opt_signed_mid_hi[i];
-      slo[i] = c_opt_signed_mid_lo[i];
-      uhi[i] = c_opt_unsigned_mid_hi[i];
-      ulo[i] = c_opt_unsigned_mid_lo[i];
+      shi[i] = c_signed_mid_hi[i];
+      slo[i] = c_signed_mid_lo[i];
+      uhi[i] = c_unsigned_mid_hi[i];
+      ulo[i] = c_unsigned_mid_lo[i];
     }
   }
   __syncthreads();
@@ -124,13 +117,12 @@ KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void*
                                          float* state2, int64_t n, const kbit_optim_params* params, void* stream,
                                          int32_t /*num_threads*/) {
   return kbit::guarded("kbit_optimizer_update_32bit", [&]() -> int {
-    kbit_optim_params a;
-    if (int s = kbit::read_optim_params(params, &a)) return s;
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
+    kbit::OptimScalars k;
+    if (int s = kbit::check_optimizer_call(optimizer, dtype, p, g, n, params, state1, state2, nullptr, nullptr,
+                                           false, &k))
+      return s;
     if (n == 0) return KBIT_OK;
     if (int s = kbit::check_device_pointers({{p, "p"}, {g, "g"}, {state1, "state1"}, {state2, "state2"}})) return s;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     auto st = static_cast<cudaStream_t>(stream);
     return kbit::dispatch(dtype, [&](auto tag) {
       using T = kbit::dtype_t<decltype(tag)>;
@@ -144,16 +136,14 @@ KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dty
                                                   int64_t n, const kbit_optim_params* params, void* stream,
                                                   int32_t /*num_threads*/) {
   return kbit::guarded("kbit_optimizer_update_8bit_blockwise", [&]() -> int {
-    kbit_optim_params a;
-    if (int s = kbit::read_optim_params(params, &a)) return s;
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, a)) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
+    kbit::OptimScalars k;
+    if (int s = kbit::check_optimizer_call(optimizer, dtype, p, g, n, params, state1, state2, absmax1, absmax2, true,
+                                           &k))
+      return s;
     if (n == 0) return KBIT_OK;
     if (int s = kbit::check_device_pointers(
             {{p, "p"}, {g, "g"}, {state1, "state1"}, {state2, "state2"}, {absmax1, "absmax1"}, {absmax2, "absmax2"}}))
       return s;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(a);
     auto st = static_cast<cudaStream_t>(stream);
     return kbit::dispatch(dtype, [&](auto tag) {
       using T = kbit::dtype_t<decltype(tag)>;
