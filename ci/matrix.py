@@ -15,13 +15,17 @@ import argparse
 import json
 import re
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `ci` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10, e.g. a `pip install .` build env: scikit-build-core brings tomli
+    import tomli as tomllib
 
 from ci import cuda_catalog  # noqa: E402
 
