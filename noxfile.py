@@ -6,6 +6,7 @@
 - tests: the test suite in a fresh venv with the package installed (README's test command).
 - check: validate matrix.toml and the generated numerics tables.
 - lint: ruff over the Python code (configuration: pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
+- smoke-old-glibc: load and use every library of a wheel or folder in a Debian bullseye root (glibc 2.31).
 - bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py).
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ nox.options.sessions = ["tests"]
 TEST_TORCH = shlex.split(os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0"))
 # cuobjdump for the compile tests, where the toolkit has none (PyPI has it for Linux only)
 TEST_TOOLS = ["nox", "nvidia-cuda-cuobjdump"] if sys.platform.startswith("linux") else ["nox"]
-BUILD_TOOLS = ("cmake>=3.25", "ninja")
+# auditwheel: its manylinux policy file is the whitelist ci/portability.py checks every built library against
+BUILD_TOOLS = ("cmake>=3.25", "ninja", "auditwheel")
 
 try:
     VARIANTS = matrix.load()
@@ -97,6 +99,13 @@ def tests(session: nox.Session) -> None:
     session.install(*TEST_TORCH)
     session.install(".[test]", *BUILD_TOOLS, *TEST_TOOLS)
     session.run("pytest", *session.posargs)
+
+
+@nox.session(name="smoke-old-glibc", default=False)
+def smoke_old_glibc(session: nox.Session) -> None:
+    """Load every library of the newest dist/ wheel (or -- PATH) in a cached Debian bullseye root and use it."""
+    session.install("auditwheel")  # ci/portability.py names the symbol or library a failed load needs
+    session.run("python", str(ROOT / "ci" / "smoke_old_glibc.py"), *session.posargs)
 
 
 # Extra pip requirements for the bench venv, e.g. KBIT_BENCH_EXTRA="bitsandbytes==0.50.2" to print its figures too.

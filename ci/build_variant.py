@@ -3,7 +3,8 @@
 This module owns a variant build end to end: validating matrix.toml (before CMake is ever called), finding
 the toolkit and the host compiler a CUDA row names and checking that they are what the row says, running
 CMake with the arguments ci/matrix.py derives, and checking what came out (the library's own build info,
-loaded in a fresh process). It does not fetch toolkits (ci/toolkit_fetch.py) or assemble wheels.
+loaded in a fresh process, and on Linux its portability: ci/portability.py against the platform's manylinux
+policy). It does not fetch toolkits (ci/toolkit_fetch.py) or assemble wheels.
 
 CLI:  python ci/build_variant.py VARIANT [--archs 80,86] [--cmake PATH] [--matrix PATH]
 Output: build/staging/<platform>/kbit/libkbit_<variant>.so (+ kbit_<variant>.build.json);
@@ -227,6 +228,7 @@ def build(name: str, *, matrix_path: Path = matrix.MATRIX_PATH, archs: tuple[int
     library = prefix / "kbit" / matrix.library_filename(name, plat)
     info = read_build_info(library)
     check_manifest(variant, library, info, list(sass or variant.sass))
+    check_portable(library, plat, log)
     return BuildResult(name, library, info, configure, compile_seconds)
 
 
@@ -245,6 +247,22 @@ def check_manifest(variant: matrix.Variant, library: Path, info: dict, expected_
     if problems:
         raise BuildError(f"{manifest_path} drifted from matrix.toml's {variant.name} row: {'; '.join(problems)}. "
                          f"fix: rebuild with nox -s build-{variant.name}, or correct matrix.toml")
+
+
+def check_portable(library: Path, plat: str, log=print) -> None:
+    """Refuse a Linux library that would not load on the oldest system of the platform's manylinux policy."""
+    if not plat.startswith("linux-"):
+        return
+    from ci import portability
+
+    try:
+        problems = portability.check(library, plat)
+        log(f"portability: {portability.summary(library)}")
+    except portability.PortabilityError as exc:
+        raise BuildError(f"cannot check {library}'s portability: {exc}") from exc
+    if problems:
+        raise BuildError(f"{library} is not portable to {portability.policy_name(plat)}:\n"
+                         + "\n".join(f"  {p.what}\n    fix: {p.fix}" for p in problems))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,11 @@ import tomllib
 if __package__ in (None, ""):  # run as a script: make `ci` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10, e.g. a `pip install .` build env: scikit-build-core brings tomli
+    import tomli as tomllib
+
 from ci import cuda_catalog  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
 /* blockwise4.cpp: CPU entry points of 4-bit blockwise quantization (libkbit_cpu).
- * The math is numerics/blockwise4.h; this file owns the loops over blocks, their threading (OpenMP across
+ * The math is numerics/blockwise4.h; this file owns the loops over blocks, their threading (cpu/parallel.h across
  * blocks, with the caller's thread count) and their shape for the compiler's vectorizer: the absmax is an
  * integer max, the code a sum of compares, and dequantization a lookup in a per-block table of the 16 scaled
  * values (each entry is table[code] * absmax, the same product the per-element formula computes).
@@ -13,6 +13,7 @@
 
 #include "common/args.h"
 #include "common/host_tables.h"
+#include "cpu/parallel.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
@@ -71,11 +72,10 @@ void quantize_all(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t b
   if (use_avx2()) block = &quantize_block_avx2<Q, T>;
 #endif
   const int64_t blocks = block_count(n, bs);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, threads, [&](int64_t b) {
     const int64_t start = b * bs;
     block(in + start, absmax + b, out + start / 2, n - start < bs ? n - start : bs);
-  }
+  });
 }
 
 template <class T>
@@ -149,10 +149,8 @@ void dequantize_all(const uint8_t* packed, const float* absmax, T* out, int64_t 
   const int64_t blocks = block_count(n, bs);
   const bool streaming = stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
   (void)streaming;  // only the x86 paths stream
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
+  parallel_ranges(blocks, threads, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
       const int64_t start = b * bs;
       const int64_t len = n - start < bs ? n - start : bs;
       T scaled[16];
@@ -170,7 +168,7 @@ void dequantize_all(const uint8_t* packed, const float* absmax, T* out, int64_t 
 #if KBIT_X86_DISPATCH
     if (streaming) _mm_sfence();  // make the non-temporal stores visible before the call returns
 #endif
-  }
+  });
 }
 
 }  // namespace

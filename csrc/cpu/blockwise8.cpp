@@ -1,10 +1,11 @@
 /* blockwise8.cpp: CPU entry points of 8-bit blockwise quantization (libkbit_cpu).
  * The math is numerics/blockwise8.h; this file owns only the loops over blocks and their threading
- * (OpenMP across blocks, with the thread count the caller passes). */
+ * (cpu/parallel.h across blocks, with the thread count the caller passes). */
 #include <type_traits>
 
 #include "common/args.h"
 #include "common/host_tables.h"
+#include "cpu/parallel.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise8.h"
 #include "numerics/float16.h"
@@ -50,14 +51,13 @@ template <class T>
 void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t bs, int32_t threads) {
   const int64_t blocks = block_count(n, bs);
   const MapView& map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, threads, [&](int64_t b) {
     const int64_t start = b * bs;
     const int64_t len = n - start < bs ? n - start : bs;
     const float m = block_absmax(in + start, len);
     absmax[b] = m;
     quantize_block(in + start, out + start, len, m, map);
-  }
+  });
 }
 
 #if KBIT_X86_DISPATCH
@@ -97,10 +97,8 @@ void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_
   // stream_block writes float outputs only
   const bool streaming = std::is_same<T, float>::value && stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
   (void)streaming;  // only the x86 path streams
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
+  parallel_ranges(blocks, threads, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
       const int64_t start = b * bs;
       const int64_t len = n - start < bs ? n - start : bs;
       const float scale = absmax[b];
@@ -115,7 +113,7 @@ void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_
 #if KBIT_X86_DISPATCH
     if (streaming) _mm_sfence();  // this thread's streamed stores are visible before the region ends
 #endif
-  }
+  });
 }
 
 }  // namespace

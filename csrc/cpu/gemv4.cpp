@@ -1,11 +1,12 @@
 /* gemv4.cpp: CPU entry point of the 4-bit matrix-vector product out = A @ W.T (+ bias) (libkbit_cpu).
- * The math and the summation order are numerics/blockwise4.h. This file owns the loops: OpenMP over output
+ * The math and the summation order are numerics/blockwise4.h. This file owns the loops: cpu/parallel.h over output
  * features; each thread decodes one weight row into float32 once and uses it for every row of A. Each output
  * is computed by one thread in the fixed lane order, so the result does not depend on the thread count. */
 #include <vector>
 
 #include "common/args.h"
 #include "common/host_tables.h"
+#include "cpu/parallel.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
@@ -94,17 +95,15 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
   std::vector<float> a_buffer;
   const float* a = widen(A, M * K, a_buffer);
   const DotFn dot = dot_lanes();
-#pragma omp parallel num_threads(threads)
-  {
+  parallel_ranges(N, threads, [&](int64_t first, int64_t last) {
     std::vector<float> w(static_cast<size_t>(K > 0 ? K : 1));
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < N; ++j) {
+    for (int64_t j = first; j < last; ++j) {
       decode_row(packed, absmax, j, K, bs, table, w.data());
       const float b = bias != nullptr ? to_float(bias[j]) : 0.0f;
       for (int64_t m = 0; m < M; ++m)
         out[m * N + j] = from_float<T>(gemv_finish(dot(a + m * K, w.data(), K), bias != nullptr, b));
     }
-  }
+  });
 }
 
 }  // namespace

@@ -6,13 +6,14 @@
  * memory functions refuse with a message. */
 #include "common/args.h"
 #include "common/host_tables.h"
+#include "cpu/parallel.h"
 #include "numerics/float16.h"
 #include "numerics/optim.h"
 
 namespace kbit {
 namespace {
 
-constexpr int64_t kChunk32 = 16384;  // elements per OpenMP work item of the 32-bit update
+constexpr int64_t kChunk32 = 16384;  // elements per parallel_for work item of the 32-bit update
 
 template <class T, int KIND>
 void update_32bit_range(T* p, const T* g, float* s1, float* s2, float* s3, int64_t begin, int64_t end,
@@ -33,11 +34,10 @@ template <class T, int KIND>
 void update_32bit(void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k, int32_t threads) {
   const int64_t chunks = (n + kChunk32 - 1) / kChunk32;
   float* s3 = KIND == kAdemamix ? s1 + n : nullptr;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, threads, [&](int64_t c) {
     const int64_t begin = c * kChunk32, end = begin + kChunk32 < n ? begin + kChunk32 : n;
     update_32bit_range<T, KIND>(static_cast<T*>(p), static_cast<const T*>(g), s1, s2, s3, begin, end, k);
-  }
+  });
 }
 
 /* c ? a : b as a bit blend: GCC turns a plain `p[i] = c ? a : p[i]` into a conditional store, which blocks
@@ -160,15 +160,14 @@ void update_8bit(void* p_, const void* g_, uint8_t* c1, uint8_t* c2, float* am1,
   T* p = static_cast<T*>(p_);
   const T* g = static_cast<const T*>(g_);
   const int64_t blocks = block_count(n, kOptimBlock);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, threads, [&](int64_t b) {
     const int64_t start = b * kOptimBlock;
     const int len = static_cast<int>(n - start < kOptimBlock ? n - start : kOptimBlock);
     const QState q1{c1 + start, am1 + b};
     const QState q2{c2 == nullptr ? nullptr : c2 + start, am2 == nullptr ? nullptr : am2 + b};
     const QState q3{KIND == kAdemamix ? c1 + n + start : nullptr, KIND == kAdemamix ? am1 + blocks + b : nullptr};
     update_8bit_block<T, KIND>(p + start, g + start, len, q1, q2, q3, k);
-  }
+  });
 }
 
 /* kind -> one instantiation each (6 per dtype and form; the dtype is kbit::dispatch's): the kind is a

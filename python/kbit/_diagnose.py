@@ -148,7 +148,7 @@ def check_loads(report) -> list[Finding]:
         severity = "error" if found else "warning"
         found.append(Finding("runtime_library_missing", severity, "system runtime libraries kbit needs are missing",
                              ", ".join(missing) + " cannot be opened by the system loader",
-                             "install them (Linux: the distribution's libstdc++6 and libgomp1 packages; Windows: the "
+                             "install them (Linux: the distribution's libstdc++6 package; Windows: the "
                              "Microsoft Visual C++ 2015-2022 Redistributable x64)", _errors.LibraryLoadError.exit_code))
     return found
 

@@ -103,7 +103,7 @@ class LinuxPlatform:
         return None
 
     def runtime_libraries(self) -> tuple[str, ...]:
-        return ("libstdc++.so.6", "libgomp.so.1")  # C++ runtime and OpenMP of the CPU library
+        return ("libstdc++.so.6",)  # the C++ runtime (the CPU library threads with pthreads, no OpenMP)
 
     def find_system_library(self, name: str) -> bool:
         return _can_open(self._open, name)
