@@ -343,15 +343,18 @@ def load_platforms(path: Path = MATRIX_PATH) -> dict[str, Platform]:
 
 # ---------------------------------------------------------------- derivations
 
-def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None) -> list[str]:
-    """The -D arguments that configure CMake for one variant (optionally a subset of its SASS archs)."""
+def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None, *, no_ptx: bool = False) -> list[str]:
+    """The -D arguments that configure CMake for one variant (optionally a subset of its SASS archs; no_ptx: a
+    test build without any PTX entry, KBIT_TEST_NO_PTX)."""
     args = [f"-DKBIT_BACKEND={variant.backend}", f"-DKBIT_VARIANT={variant.name}"]
     if variant.backend == "cuda":
         chosen = tuple(sass) if sass else variant.sass
-        args += [f"-DKBIT_CUDA_ARCHS={cmake_archs(chosen, max(chosen))}",
+        args += [f"-DKBIT_CUDA_ARCHS={cmake_archs(chosen, None if no_ptx else max(chosen))}",
                  f"-DKBIT_CUDA_TOOLKIT={variant.toolkit}",
                  f"-DKBIT_FATBIN_COMPRESSION={variant.compression}",
                  f"-DKBIT_MIN_DRIVER={variant.min_driver}"]
+        if no_ptx:
+            args.append("-DKBIT_TEST_NO_PTX=ON")
     return args
 
 
