@@ -286,8 +286,8 @@ def pytest_command(layout: Layout) -> list[str]:
             "-rfEs", f"--junitxml={layout.out / 'junit.xml'}"]
 
 
-def bench_command() -> list[str]:
-    return [sys.executable, str(ROOT / "ci" / "bench.py"), "--device", "cuda", "--json"]
+def bench_command(extra: list[str] = ()) -> list[str]:
+    return [sys.executable, str(ROOT / "ci" / "bench.py"), "--device", "cuda", "--json", *extra]
 
 
 def test_env(plan: Plan, layout: Layout) -> dict[str, str]:
@@ -409,7 +409,8 @@ def junit_counts(path: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------ the check
 
-def check(layout: Layout, budget: float, log=print) -> dict:
+def check(layout: Layout, budget: float, log=print, steps: set[str] = frozenset({"kbit", "tests", "bench"}),
+          bench_args: list[str] = ()) -> dict:
     """Run the whole check; returns the report (also written to layout.out)."""
     started = time.monotonic()
     report: dict = {"command": shlex.join([sys.executable, *sys.argv]), "host": platform.node(),
@@ -451,7 +452,9 @@ def check(layout: Layout, budget: float, log=print) -> dict:
     ready = built.status == "ok" and installed.status == "ok"
     tenv = test_env(plan, layout)
 
-    if installed.status == "ok":
+    if "kbit" not in steps:
+        pass
+    elif installed.status == "ok":
         step, out = run.run("python -m kbit", kbit_command(), TIMEOUTS["kbit"], tenv)
         log(out.rstrip())
         _, js = run.run("python -m kbit --json", kbit_command(True), TIMEOUTS["kbit"], tenv)
@@ -467,7 +470,7 @@ def check(layout: Layout, budget: float, log=print) -> dict:
     else:
         run.skip("python -m kbit", "the package did not install")
 
-    if ready:
+    if ready and "tests" in steps:
         step, out = run.run("pytest -m cuda", pytest_command(layout), TIMEOUTS["tests"], tenv)
         counts = junit_counts(layout.out / "junit.xml")
         report["tests"] = counts
@@ -475,13 +478,15 @@ def check(layout: Layout, budget: float, log=print) -> dict:
             step.detail = (f"{counts['passed']} passed, {counts['failed']} failed, {counts['errors']} errors, "
                            f"{counts['skipped']} skipped" + (f"; {step.detail}" if step.status == "failed" else ""))
         log(_tail(out, 30))
-        step, out = run.run("bench", bench_command(), TIMEOUTS["bench"], tenv)
+    elif "tests" in steps:
+        run.skip("pytest -m cuda", "no package holding the CUDA library (see the build and install steps)")
+    if ready and "bench" in steps:
+        step, out = run.run("bench", bench_command(bench_args), TIMEOUTS["bench"], tenv)
         try:
             report["bench"] = json.loads(out[out.index("{"):])
         except ValueError:
             report["bench"] = {"error": _tail(out)}
-    else:
-        run.skip("pytest -m cuda", "no package holding the CUDA library (see the build and install steps)")
+    elif "bench" in steps:
         run.skip("bench", "no package holding the CUDA library")
 
     report["steps"] = [asdict(s) for s in run.steps]
@@ -614,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ci/gpu_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report and build folder (default {DEFAULT_OUT})")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds the whole check may take")
+    parser.add_argument("--steps", default="kbit,tests,bench",
+                        help="what runs after the build and install (default kbit,tests,bench; `nox -s bench -- "
+                             "--device cuda` runs kbit,bench)")
+    parser.add_argument("--bench-args", default="", help="extra arguments for ci/bench.py --device cuda")
     parser.add_argument("--dry-run", action="store_true", help="print the plan for the machine the flags describe")
     parser.add_argument("--gpu-arch", type=int, help="dry run: the GPU's compute capability as sm number (90)")
     parser.add_argument("--gpus", type=int, default=1, help="dry run: how many such GPUs")
@@ -629,7 +638,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"--driver 580.65 --torch-cuda 13.0)")
             print(dry_run(simulated(args.gpu_arch, args.driver, args.torch_cuda, args.gpus), layout, args.budget))
             return 0
-        report = check(layout, args.budget)
+        steps = {x.strip() for x in args.steps.split(",") if x.strip()}
+        if not steps <= {"kbit", "tests", "bench"}:
+            parser.error(f"--steps takes kbit, tests and bench; got {args.steps!r}")
+        report = check(layout, args.budget, steps=steps, bench_args=shlex.split(args.bench_args))
     except (GpuCheckError, matrix.MatrixError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
