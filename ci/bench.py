@@ -267,18 +267,54 @@ def _cuda_samples(torch, fn: Callable[[], object], inner: int) -> float:
     return start.elapsed_time(end) / 1e3 / inner
 
 
-def cuda_round_robin(torch, ops: list[tuple[str, Callable[[], object]]], repeats: int) -> list[float]:
-    """Median seconds per call of each op (CUDA events), round-robin over `repeats` rounds after a warm-up."""
-    inners = []
-    for _, fn in ops:
+class _Graphed:
+    """`inner` calls of fn captured once in a CUDA graph: replaying it times the kernels without the host's
+    per-call cost (Python, argument checks, the launch), which dominates a batch-1 gemv of a few microseconds."""
+
+    def __init__(self, torch, fn: Callable[[], object], inner: int):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph, self.inner = torch.cuda.CUDAGraph(), inner
+        with torch.cuda.graph(self.graph):
+            for _ in range(inner):
+                fn()
+
+    def __call__(self):
+        self.graph.replay()
+
+
+def cuda_round_robin(torch, ops: list[tuple[str, Callable[[], object]]], repeats: int,
+                     graphed: tuple[bool, ...] = ()) -> tuple[list[float], list[str]]:
+    """Median seconds per call of each op (CUDA events), round-robin over `repeats` rounds after a warm-up; ops
+    flagged in `graphed` are timed as CUDA-graph replays. Returns the times and, per op, how it was timed."""
+    calls, inners, how = [], [], []
+    for i, (_, fn) in enumerate(ops):
         fn()
         once = _cuda_samples(torch, fn, 3)
-        inners.append(max(1, min(1000, int(2e-3 / max(once, 1e-7)))))
+        inner = max(1, min(1000, int(2e-3 / max(once, 1e-7))))
+        if i < len(graphed) and graphed[i]:
+            try:
+                g = _Graphed(torch, fn, inner)
+                calls.append(g)
+                inners.append(1)
+                how.append(f"CUDA graph of {inner} calls")
+                continue
+            except Exception as exc:  # a capture that fails is timed eagerly, and the row says why
+                how.append(f"eager (graph capture failed: {type(exc).__name__}: {exc})")
+        else:
+            how.append(f"eager, {inner} calls per sample")
+        calls.append(fn)
+        inners.append(inner)
     times: list[list[float]] = [[] for _ in ops]
     for _ in range(repeats):
-        for (_, fn), inner, bucket in zip(ops, inners, times):
+        for fn, inner, bucket in zip(calls, inners, times):
             bucket.append(_cuda_samples(torch, fn, inner))
-    return [statistics.median(b) for b in times]
+    per_call = [statistics.median(b) / (c.inner if isinstance(c, _Graphed) else 1) for b, c in zip(times, calls)]
+    return per_call, how
 
 
 def cuda_ops(torch, size: int) -> list[tuple[str, Callable[[], object], int, str, str | None]]:
@@ -308,12 +344,14 @@ def cuda_ops(torch, size: int) -> list[tuple[str, Callable[[], object], int, str
             W = (torch.randn(n_out, k, device=dev, generator=gen) * 0.02).to(dtype)
             A = torch.randn(1, k, device=dev, generator=gen).to(dtype)
             wp, ws = F.quantize_4bit(W, blocksize=64, quant_type="nf4")
-            linear = f"F.linear {name} dense {n_out}x{k}"
-            ops.append((linear, lambda A=A, W=W: torch.nn.functional.linear(A, W), 2 * n_out * k + 2 * k + 2 * n_out,
-                        "dense weight + A in, out", None))
-            ops.append((f"gemv_4bit {name} batch 1 {n_out}x{k}", lambda A=A, wp=wp, ws=ws: F.gemv_4bit(A, wp, ws),
-                        n_out * k // 2 + 4 * (n_out * k // 64) + 2 * k + 2 * n_out, "4-bit weight + absmax + A in, out",
-                        linear))
+            for mode in ("graph", "eager"):  # graph: kernel time; eager: what a Python loop of calls gets
+                linear = f"F.linear {name} dense {n_out}x{k} ({mode})"
+                ops.append((linear, lambda A=A, W=W: torch.nn.functional.linear(A, W),
+                            2 * n_out * k + 2 * k + 2 * n_out, "dense weight + A in, out", None))
+                ops.append((f"gemv_4bit {name} batch 1 {n_out}x{k} ({mode})",
+                            lambda A=A, wp=wp, ws=ws: F.gemv_4bit(A, wp, ws),
+                            n_out * k // 2 + 4 * (n_out * k // 64) + 2 * k + 2 * n_out,
+                            "4-bit weight + absmax + A in, out", linear))
     for label, make, per_element in (
             ("torch.optim.AdamW(fused=True) step fp32", lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True), 28),
             ("AdamW8bit step fp32", lambda p: kbit.optim.AdamW8bit(p, lr=1e-3), 16),
@@ -336,10 +374,12 @@ def run_cuda(size: int, repeats: int) -> tuple[dict, list[CudaRow]]:
         raise NoGpuError(f"--device cuda needs an NVIDIA GPU: {why}. fix: run on a GPU machine (python ci/gpu_check.py "
                          f"builds and installs the CUDA variant first), or drop --device cuda for the CPU bench")
     ops = cuda_ops(torch, size)
-    seconds = cuda_round_robin(torch, [(name, fn) for name, fn, *_ in ops], repeats)
+    seconds, how = cuda_round_robin(torch, [(name, fn) for name, fn, *_ in ops], repeats,
+                                    tuple(name.endswith("(graph)") for name, *_ in ops))
     ms = {name: s * 1e3 for (name, *_), s in zip(ops, seconds)}
-    rows = [CudaRow(name, ms[name], nbytes / s / 1e9, None, counted, baseline or "", ms.get(baseline) if baseline else None)
-            for (name, _, nbytes, counted, baseline), s in zip(ops, seconds)]
+    rows = [CudaRow(name, ms[name], nbytes / s / 1e9, None, f"{counted}; {timed}", baseline or "",
+                    ms.get(baseline) if baseline else None)
+            for (name, _, nbytes, counted, baseline), s, timed in zip(ops, seconds, how)]
     cuda_fractions(rows, rows[0].gbps)
     cuda_judge(rows)
     props = torch.cuda.get_device_properties(0)
