@@ -241,7 +241,7 @@ def build(name: str, *, matrix_path: Path = matrix.MATRIX_PATH, archs: tuple[int
     library = prefix / "kbit" / matrix.library_filename(name, plat)
     info = read_build_info(library)
     expected = list(sass or variant.sass)
-    ptx = None if no_ptx else max(expected)
+    ptx = None if no_ptx or not expected else max(expected)
     if info["variant"] != name or info["sass"] != expected or (variant.backend == "cuda" and info["ptx"] != ptx):
         raise BuildError(f"{library} reports {info}, which is not what was asked for ({name}, sass {expected})")
     return BuildResult(name, library, info, configure, compile_seconds)
