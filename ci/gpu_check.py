@@ -34,7 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -330,18 +330,27 @@ class Runner:
         handle = open(logfile, "w")
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True)
         proc._kbit_started, proc._kbit_log = time.monotonic(), (handle, logfile)  # type: ignore[attr-defined]
+        proc._kbit_ended = None  # type: ignore[attr-defined]
+
+        def note_end():  # the step's own end, even while another step of a parallel group is awaited
+            proc.wait()
+            proc._kbit_ended = time.monotonic()  # type: ignore[attr-defined]
+
+        proc._kbit_waiter = threading.Thread(target=note_end, daemon=True)  # type: ignore[attr-defined]
+        proc._kbit_waiter.start()  # type: ignore[attr-defined]
         return step, proc
 
     def finish(self, step: Step, proc: subprocess.Popen, timeout: float) -> str:
         """Wait for a started step; returns its output."""
-        limit = max(1.0, min(timeout, self.left()))
-        try:
-            rc = proc.wait(timeout=limit - (time.monotonic() - proc._kbit_started))  # type: ignore[attr-defined]
-        except (subprocess.TimeoutExpired, ValueError):
+        limit = max(1.0, min(timeout, time.monotonic() - proc._kbit_started + self.left()))  # type: ignore[attr-defined]
+        waiter = proc._kbit_waiter  # type: ignore[attr-defined]
+        waiter.join(max(0.0, limit - (time.monotonic() - proc._kbit_started)))  # type: ignore[attr-defined]
+        rc = proc.returncode
+        if waiter.is_alive():
             proc.kill()
+            waiter.join()
             rc = None
-            proc.wait()
-        step.seconds = round(time.monotonic() - proc._kbit_started, 1)  # type: ignore[attr-defined]
+        step.seconds = round(proc._kbit_ended - proc._kbit_started, 1)  # type: ignore[attr-defined]
         handle, logfile = proc._kbit_log  # type: ignore[attr-defined]
         handle.close()
         output = logfile.read_text(errors="replace")
@@ -490,6 +499,7 @@ def check(layout: Layout, budget: float, log=print, steps: set[str] = frozenset(
     elif "bench" in steps:
         run.skip("bench", "no package holding the CUDA library")
 
+    report["build_only"] = not steps
     report["steps"] = [asdict(s) for s in run.steps]
     report["total_seconds"] = round(time.monotonic() - started, 1)
     ran_tests = "tests" in steps
@@ -500,7 +510,8 @@ def check(layout: Layout, budget: float, log=print, steps: set[str] = frozenset(
 
 def render(report: dict) -> str:
     """The text report."""
-    lines = [f"kbit GPU check: {'PASSED' if report.get('ok') else 'FAILED'} in {report.get('total_seconds', 0):.0f} s "
+    what = "kbit GPU check" + (" --build-only (builds and install; no GPU step)" if report.get("build_only") else "")
+    lines = [f"{what}: {'PASSED' if report.get('ok') else 'FAILED'} in {report.get('total_seconds', 0):.0f} s "
              f"({report.get('cores')} cores)"]
     m = report.get("machine") or {}
     for g in m.get("gpus", []):
