@@ -82,3 +82,13 @@ def test_device_cuda_without_a_gpu_stops_with_the_reason():
     assert done.returncode == 2 and done.stdout == ""
     assert "--device cuda needs an NVIDIA GPU" in done.stderr and "ci/gpu_check.py" in done.stderr
     assert ("CPU-only build" in done.stderr) == (torch.version.cuda is None)
+
+
+def test_nox_bench_routes_device_cuda_to_the_gpu_check():
+    pytest.importorskip("nox")
+    from noxfile import _device_cuda
+
+    assert _device_cuda(["--device", "cuda", "--repeats", "5"]) == (True, ["--repeats", "5"])
+    assert _device_cuda(["--device=cuda", "--json"]) == (True, ["--json"])
+    assert _device_cuda(["--device", "cpu", "--json"]) == (False, ["--json"])
+    assert _device_cuda(["--size", "256"]) == (False, ["--size", "256"])
