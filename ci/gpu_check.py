@@ -142,7 +142,7 @@ def simulated(gpu_arch: int, driver: str, torch_cuda: str, gpus: int = 1) -> Mac
     """The machine that --dry-run flags describe."""
     major = int(driver.split(".")[0])
     cuda = next((c for floor, c in DRIVER_CUDA if major >= floor), None)
-    return Machine(f"(simulated, CUDA {torch_cuda})", torch_cuda, driver, cuda,
+    return Machine(f"(described)+cu{torch_cuda.replace('.', '')}", torch_cuda, driver, cuda,
                    [{"index": i, "name": f"(simulated sm_{gpu_arch})", "cc": [gpu_arch // 10, gpu_arch % 10]}
                     for i in range(gpus)], simulated=True)
 

@@ -541,6 +541,12 @@ def test_cuda_paged_states_live_in_managed_memory_and_match_unpaged():
     assert torch.cuda.memory_allocated() - before < p.numel()
     plain.step()
     assert torch.equal(p, q) and torch.equal(paged.state[p]["state1"], plain.state[q]["state1"])
+    r = torch.nn.Parameter(init.clone())  # and both are the CPU library's step on the same inputs
+    r.grad = grad.clone()
+    cpu = O.AdamW8bit([r])
+    cpu.step()
+    assert torch.equal(p.detach().cpu(), r.detach())
+    assert all(torch.equal(paged.state[p][k].cpu(), v) for k, v in cpu.state[r].items() if torch.is_tensor(v))
 
 
 @pytest.mark.cuda
@@ -555,3 +561,10 @@ def test_cuda_state_dict_moves_to_cpu_exactly():
     for k, v in opt.state[p].items():
         if torch.is_tensor(v):
             assert opt_cpu.state[q][k].device.type == "cpu" and torch.equal(opt_cpu.state[q][k], v.cpu())
+    # from the same state, the next step of the CPU library and of the GPU give the same bits
+    grad = torch.randn(128, 128, dtype=torch.float16)
+    p.grad, q.grad = grad.cuda(), grad
+    opt.step()
+    opt_cpu.step()
+    assert torch.equal(p.detach().cpu().view(torch.int16), q.detach().view(torch.int16))
+    assert all(torch.equal(opt.state[p][k].cpu(), v) for k, v in opt_cpu.state[q].items() if torch.is_tensor(v))
