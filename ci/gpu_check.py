@@ -612,7 +612,8 @@ def dry_run(machine: Machine, layout: Layout, budget: float) -> str:
     if plan.foreign_sass is not None:
         steps.append(("build", build_command(plan, layout, plan.foreign_sass, no_ptx=True), TIMEOUTS["build"]))
     steps += [("install", install_command(layout), TIMEOUTS["install"]),
-              ("copy", ["cp", str(layout.staged(plan.sass) / matrix.library_filename(plan.variant, "linux-x86_64")),
+              ("copy", ["cp", str(layout.staged(plan.sass) / matrix.library_filename(plan.variant,
+                                                                                     build_variant.current_platform())),
                         str(layout.staged(plan.sass) / f"kbit_{plan.variant}.build.json"),
                         str(layout.target / "kbit") + "/"], 5),
               ("kbit", kbit_command(), TIMEOUTS["kbit"]), ("tests", pytest_command(layout), TIMEOUTS["tests"]),

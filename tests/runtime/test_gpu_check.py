@@ -36,7 +36,8 @@ def test_dry_run_for_an_h200_with_driver_580_and_cuda_13_torch(tmp_path):
     assert "cuda130 --archs 90 --build-root" in out and "cuda130 --archs 80 --no-ptx" in out
     assert "pip install --no-build-isolation --no-deps --no-index --upgrade --target " + str(tmp_path / "site") in out
     assert "-m pytest " in out and " -m cuda " in out and "bench.py --device cuda --json" in out
-    assert f"KBIT_TEST_NOPTX_DIR={tmp_path}/build/staging/linux-x86_64-sm80-noptx/kbit" in out
+    plat = gpu_check.build_variant.current_platform()
+    assert f"KBIT_TEST_NOPTX_DIR={tmp_path}/build/staging/{plat}-sm80-noptx/kbit" in out
     assert str(tmp_path / "gpu_check.json") in out
 
 
