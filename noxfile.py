@@ -7,7 +7,9 @@
 - check: validate matrix.toml and the generated numerics tables.
 - lint: ruff over the Python code (configuration: pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
 - smoke-old-glibc: load and use every library of a wheel or folder in a Debian bullseye root (glibc 2.31).
-- bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py).
+- bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py);
+  `nox -s bench -- --device cuda` times the CUDA kernels on this machine's GPU (built for it by ci/gpu_check.py).
+- tests-cuda: on a GPU machine, ci/gpu_check.py in the current environment (build, install, cuda tests, GPU bench).
 """
 from __future__ import annotations
 
@@ -112,9 +114,37 @@ def smoke_old_glibc(session: nox.Session) -> None:
 BENCH_EXTRA = shlex.split(os.environ.get("KBIT_BENCH_EXTRA", ""))
 
 
+def _device_cuda(args: list[str]) -> tuple[bool, list[str]]:
+    """Whether `--device cuda` (or --device=cuda) is among args, and the other args."""
+    rest, cuda, i = [], False, 0
+    while i < len(args):
+        if args[i] == "--device" and i + 1 < len(args):
+            cuda, i = args[i + 1] == "cuda", i + 2
+            continue
+        if args[i].startswith("--device="):
+            cuda = args[i].split("=", 1)[1] == "cuda"
+        else:
+            rest.append(args[i])
+        i += 1
+    return cuda, rest
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Time kbit's CPU kernels on 4096x4096 fp32 (median, GB/s) beside copy bandwidth, torch and bitsandbytes."""
+    """Time kbit's CPU kernels on 4096x4096 fp32 (median, GB/s) beside copy bandwidth, torch and bitsandbytes;
+    `-- --device cuda`: the CUDA kernels on this GPU (ci/gpu_check.py builds the variant for it first)."""
     session.install(*TEST_TORCH)
+    cuda, rest = _device_cuda(list(session.posargs))
+    if cuda:  # the package must hold a CUDA variant built for this GPU: gpu_check builds and installs one
+        session.install("scikit-build-core>=1.1", *BUILD_TOOLS)
+        session.run("python", str(ROOT / "ci" / "gpu_check.py"), "--steps", "kbit,bench", "--out",
+                    str(ROOT / "build" / "gpu_bench"), "--bench-args", shlex.join(rest))
+        return
     session.install(".", *BUILD_TOOLS, *BENCH_EXTRA)
     session.run("python", str(ROOT / "ci" / "bench.py"), *session.posargs)
+
+
+@nox.session(name="tests-cuda", default=False, venv_backend="none")
+def tests_cuda(session: nox.Session) -> None:
+    """On a GPU machine: ci/gpu_check.py in the current environment (its torch, its nvcc, no download)."""
+    session.run("python", str(ROOT / "ci" / "gpu_check.py"), *session.posargs, external=True)

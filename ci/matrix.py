@@ -350,22 +350,26 @@ def load_platforms(path: Path = MATRIX_PATH) -> dict[str, Platform]:
 
 # ---------------------------------------------------------------- derivations
 
-def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None) -> list[str]:
-    """The -D arguments that configure CMake for one variant (optionally a subset of its SASS archs)."""
+def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None, *, no_ptx: bool = False) -> list[str]:
+    """The -D arguments that configure CMake for one variant (optionally a subset of its SASS archs; no_ptx: a
+    test build without any PTX entry, KBIT_TEST_NO_PTX)."""
     args = [f"-DKBIT_BACKEND={variant.backend}", f"-DKBIT_VARIANT={variant.name}"]
     if variant.backend == "cuda":
         chosen = tuple(sass) if sass else variant.sass
-        args += [f"-DKBIT_CUDA_ARCHS={cmake_archs(chosen, max(chosen))}",
+        args += [f"-DKBIT_CUDA_ARCHS={cmake_archs(chosen, None if no_ptx else max(chosen))}",
                  f"-DKBIT_CUDA_TOOLKIT={variant.toolkit}",
                  f"-DKBIT_FATBIN_COMPRESSION={variant.compression}",
                  f"-DKBIT_MIN_DRIVER={variant.min_driver}"]
+        if no_ptx:
+            args.append("-DKBIT_TEST_NO_PTX=ON")
     return args
 
 
-def manifest_problems(variant: Variant, info: dict) -> list[str]:
+def manifest_problems(variant: Variant, info: dict, *, no_ptx: bool = False) -> list[str]:
     """What a build manifest (kbit_<variant>.build.json: what the library says about itself) says that the
     variant's matrix.toml row does not; [] when they agree. A CUDA build may hold a subset of the row's SASS archs
-    (ci/build_variant.py --archs); its PTX is then the newest of them. ci/build_variant.py checks every build."""
+    (ci/build_variant.py --archs); its PTX is then the newest of them, or none in a --no-ptx test build.
+    ci/build_variant.py checks every build."""
     problems = []
     if info.get("variant") != variant.name or info.get("backend") != variant.backend:
         problems.append(f"variant/backend {info.get('variant')}/{info.get('backend')} vs {variant.name}/{variant.backend}")
@@ -376,7 +380,7 @@ def manifest_problems(variant: Variant, info: dict) -> list[str]:
         return problems
     if not isinstance(toolkit, str) or ".".join(toolkit.split(".")[:2]) != variant.toolkit:
         problems.append(f"toolkit {toolkit} vs {variant.toolkit}")
-    if not sass or not set(sass) <= set(variant.sass) or ptx != max(sass):
+    if not sass or not set(sass) <= set(variant.sass) or ptx != (None if no_ptx else max(sass)):
         problems.append(f"sass {sass} ptx {ptx} vs {list(variant.sass)} ptx {variant.ptx}")
     elif sass == list(variant.sass) and ptx != variant.ptx:
         problems.append(f"ptx {ptx} vs {variant.ptx}")

@@ -107,7 +107,8 @@ def compile_library(source: str, folder: Path, name: str) -> Path:
 
 
 def package_copy(root: Path) -> Path:
-    """A copy of the installed package in root/site/kbit; returns root/site (to put first on sys.path)."""
+    """A copy of the installed package, without any CUDA variant it may bundle (the tests add the ones they
+    need), in root/site/kbit; returns root/site (to put first on sys.path)."""
     site = root / "site"
-    shutil.copytree(PACKAGE, site / "kbit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PACKAGE, site / "kbit", ignore=shutil.ignore_patterns("__pycache__", "libkbit_cuda*", "kbit_cuda*"))
     return site

@@ -13,10 +13,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kbit import _abi, _errors, _native, _platform
 
 from helpers import compile_library, cuda_manifest, package_copy
+
+
+CPU_TORCH = pytest.mark.skipif(torch.version.cuda is not None,
+                               reason=f"torch {torch.__version__} is a CUDA build; its case is the test beside")
+CUDA_TORCH = pytest.mark.skipif(torch.version.cuda is None,
+                                reason=f"torch {torch.__version__} is a CPU-only build; its case is the test beside")
+
+
+def driver_present() -> bool:
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+        return True
+    except OSError:
+        return False
 
 
 def run(site: Path | None, code: str, env: dict | None = None, *args: str) -> subprocess.CompletedProcess:
@@ -125,9 +140,18 @@ except kbit.KbitError as e:
 """
 
 
+@CPU_TORCH
 def test_cpu_only_torch_gets_a_typed_error_for_cuda_tensors(tmp_path):
     done = run(package_copy(tmp_path), CUDA_CALL)
     assert done.stdout.startswith("BackendUnavailableError 13 A is on cuda:0") and "CPU-only build" in done.stdout
+
+
+@CUDA_TORCH
+def test_a_cuda_torch_without_a_bundled_variant_of_its_major_gets_a_typed_error(tmp_path):
+    done = run(package_copy(tmp_path), CUDA_CALL)
+    major = torch.version.cuda.split(".")[0]
+    assert done.stdout.startswith("CudaVersionMismatchError 5 A is on cuda:0"), done.stdout + done.stderr
+    assert f"candidates are the CUDA {major} variants" in done.stdout and "bundles none" in done.stdout
 
 
 @pytest.mark.parametrize("value, error", [("abc", "BadOverrideError 3"), ("../../lib", "BadOverrideError 3"),
@@ -285,6 +309,19 @@ def test_the_cuda_build_records_min_driver_from_the_matrix(cuda130_sm80):
 
 
 @pytest.mark.compile
+@CUDA_TORCH
+def test_a_cuda_torch_without_a_driver_is_told_to_install_one(site_with_cuda):
+    if driver_present():
+        pytest.skip("this machine has an NVIDIA driver")
+    done = kbit_cli(site_with_cuda)
+    assert done.returncode == 8, done.stdout + done.stderr
+    assert "SASS sm_80, PTX compute_80  min driver 580.65.06  (present)" in done.stdout
+    assert "decision: CUDA tensors -> none (default)" in done.stdout and "no usable NVIDIA driver was found" in done.stdout
+    assert "cuda130: ok" not in done.stdout  # not loaded: there is no driver to run it
+
+
+@pytest.mark.compile
+@CPU_TORCH
 def test_bundled_cuda_variant_is_listed_but_not_chosen_for_cpu_torch(site_with_cuda):
     done = kbit_cli(site_with_cuda)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -299,14 +336,19 @@ def test_the_override_loads_the_real_cuda_library_which_reports_no_driver(site_w
     done = kbit_cli(site_with_cuda, "--json", env={"BNB_CUDA_VERSION": value})
     report = json.loads(done.stdout)
     assert report["decision"]["variant"] == "cuda130" and report["decision"]["source"] == "override"
-    assert any("CPU-only build" in w for w in report["decision"]["warnings"])
+    cpu_torch = torch.version.cuda is None
+    if cpu_torch:
+        assert any("CPU-only build" in w for w in report["decision"]["warnings"])
     cuda = next(r for r in report["loads"] if r["variant"] == "cuda130")
     assert cuda["error"] is None and cuda["path"] == str(site_with_cuda / "kbit" / "libkbit_cuda130.so")
     assert cuda["build_info"]["sass"] == [80] and cuda["build_info"]["toolkit"].startswith("13.0")
     if cuda["device_status"] == 0:
         pytest.skip("this machine has a GPU driver")
     assert cuda["device_status"] == 2 and "cudaErrorInsufficientDriver" in cuda["device_detail"]
-    assert report["exit_code"] == 0 and "override_contradicts_facts" in [f["key"] for f in report["findings"]]
+    assert cpu_torch or any("no NVIDIA driver was found" in w for w in report["decision"]["warnings"])
+    # with a CPU-only torch no CUDA tensor can reach the library, so kbit is usable; a CUDA torch has no driver
+    assert report["exit_code"] == (0 if cpu_torch else 8)
+    assert "override_contradicts_facts" in [f["key"] for f in report["findings"]]
 
 
 @pytest.mark.compile
