@@ -600,7 +600,7 @@ def dry_run(machine: Machine, layout: Layout, budget: float) -> str:
     lines += [f"archs: SASS sm_{plan.sass} + PTX compute_{plan.sass} (subset of {list(variants[plan.variant].sass)})",
               f"refusal test build: SASS sm_{plan.foreign_sass} only, no PTX (ci/build_variant.py --no-ptx): "
               f"the sm_{machine.sm} GPU must get ArchNotCoveredError before any kernel runs",
-              "", f"expected decision (kbit._policy.decide on these facts):",
+              "", "expected decision (kbit._policy.decide on these facts):",
               f"  package with {plan.variant} sm_{plan.sass}: "
               + expected_decision(machine, plan, variants, plan.sass, plan.sass)]
     if plan.foreign_sass is not None:

@@ -19,7 +19,7 @@ import importlib.util
 import json
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -78,7 +78,7 @@ def policy_name(platform: str) -> str:
     return "manylinux_" + plat.glibc_floor.replace(".", "_")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_policy(name: str, arch: str) -> Policy:
     """One policy of auditwheel's manylinux-policy.json (from the installed auditwheel package)."""
     spec = importlib.util.find_spec("auditwheel")
@@ -153,7 +153,7 @@ def _version_problems(path: Path, info: elfdeps.DynamicInfo, policy: Policy) -> 
         if need.library in policy.blacklist and need.symbol in policy.blacklist[need.library]:
             worst.setdefault(("blacklisted", need.symbol), need)
     problems = []
-    for (prefix, version), need in sorted(worst.items(), key=lambda kv: (kv[0][0], elfdeps.version_key(kv[0][1]))):
+    for (prefix, _version), need in sorted(worst.items(), key=lambda kv: (kv[0][0], elfdeps.version_key(kv[0][1]))):
         if prefix == "blacklisted":
             problems.append(Problem(path, f"uses {need.symbol} from {need.library}, which {policy.name} refuses",
                                     "do not call it"))

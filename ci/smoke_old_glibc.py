@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for f in failures:
         print(f"FAIL {f}")
-    print(f"smoke-old-glibc: {'FAILED, ' + str(len(failures)) + ' problem(s)' if failures else 'all libraries load and work'} on {SUITE}")
+    verdict = f"FAILED, {len(failures)} problem(s)" if failures else "all libraries load and work"
+    print(f"smoke-old-glibc: {verdict} on {SUITE}")
     return 1 if failures else 0
 
 

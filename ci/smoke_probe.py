@@ -43,7 +43,7 @@ def _call(lib, name, *args):
     status = getattr(lib, name)(*args)
     if status != 0:
         lib.kbit_last_error.restype = ctypes.c_char_p
-        raise RuntimeError("%s returned status %d: %s" % (name, status, (lib.kbit_last_error() or b"").decode()))
+        raise RuntimeError(f"{name} returned status {status}: {(lib.kbit_last_error() or b'').decode()}")
 
 
 def round_trip_8bit(lib, data):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ci import bench
+
 from conftest import ROOT
 
 

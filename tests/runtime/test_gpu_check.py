@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ci import gpu_check, matrix
+
 from conftest import ROOT
 
 GPU_CHECK = [sys.executable, str(ROOT / "ci" / "gpu_check.py")]

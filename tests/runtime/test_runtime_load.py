@@ -19,7 +19,6 @@ from kbit import _abi, _errors, _native, _platform
 
 from helpers import compile_library, cuda_manifest, package_copy
 
-
 CPU_TORCH = pytest.mark.skipif(torch.version.cuda is not None,
                                reason=f"torch {torch.__version__} is a CUDA build; its case is the test beside")
 CUDA_TORCH = pytest.mark.skipif(torch.version.cuda is None,
