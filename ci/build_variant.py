@@ -3,11 +3,13 @@
 This module owns a variant build end to end: validating matrix.toml (before CMake is ever called), finding
 the toolkit and the host compiler a CUDA row names and checking that they are what the row says, running
 CMake with the arguments ci/matrix.py derives, and checking what came out (the library's own build info,
-loaded in a fresh process). It does not fetch toolkits (ci/toolkit_fetch.py) or assemble wheels.
+loaded in a fresh process, and on Linux its portability: ci/portability.py against the platform's manylinux
+policy). It does not fetch toolkits (ci/toolkit_fetch.py) or assemble wheels.
 
-CLI:  python ci/build_variant.py VARIANT [--archs 80,86] [--cmake PATH] [--matrix PATH]
+CLI:  python ci/build_variant.py VARIANT [--archs 80,86 [--no-ptx]] [--cmake PATH] [--matrix PATH]
 Output: build/staging/<platform>/kbit/libkbit_<variant>.so (+ kbit_<variant>.build.json);
-        a build of an arch subset goes to build/staging/<platform>-sm<archs>/ instead
+        a build of an arch subset goes to build/staging/<platform>-sm<archs>/ instead, and a test build without
+        PTX (--no-ptx: SASS only, the manifest says "ptx": null) to build/staging/<platform>-sm<archs>-noptx/
 """
 from __future__ import annotations
 
@@ -163,10 +165,12 @@ def _compiler_launcher() -> list[str]:
 
 
 def configure_command(variant: matrix.Variant, *, cmake: str, build_dir: Path, prefix: Path,
-                      sass: tuple[int, ...] | None, nvcc: Path | None, cxx: str | None) -> list[str]:
+                      sass: tuple[int, ...] | None, nvcc: Path | None, cxx: str | None,
+                      no_ptx: bool = False) -> list[str]:
     """The CMake configure command line for one variant."""
     cmd = [cmake, "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-           f"-DCMAKE_INSTALL_PREFIX={prefix}", *matrix.cmake_args(variant, sass), *_compiler_launcher()]
+           f"-DCMAKE_INSTALL_PREFIX={prefix}", *matrix.cmake_args(variant, sass, no_ptx=no_ptx),
+           *_compiler_launcher()]
     if cxx:
         cmd.append(f"-DCMAKE_CXX_COMPILER={cxx}")
     if nvcc:
@@ -205,9 +209,17 @@ def read_build_info(library: Path) -> dict:
     return json.loads(done.stdout)
 
 
+def staging_suffix(sass: tuple[int, ...] | None, no_ptx: bool = False) -> str:
+    """"" for a release build, "-sm80_86" for a subset, "-sm80-noptx" for a test build without PTX."""
+    return ("-sm" + "_".join(map(str, sass)) if sass else "") + ("-noptx" if no_ptx else "")
+
+
 def build(name: str, *, matrix_path: Path = matrix.MATRIX_PATH, archs: tuple[int, ...] | None = None,
-          cmake: str = "cmake", build_root: Path = BUILD_ROOT, log=print) -> BuildResult:
-    """Validate the matrix, find the tools, configure, build and install one variant; check the result."""
+          cmake: str = "cmake", build_root: Path = BUILD_ROOT, log=print, no_ptx: bool = False) -> BuildResult:
+    """Validate the matrix, find the tools, configure, build and install one variant; check the result.
+
+    no_ptx (with archs only): a test build with SASS and no PTX entry (CMake's KBIT_TEST_NO_PTX), which a GPU
+    outside its SASS list cannot run; ci/gpu_check.py uses it to prove that kbit refuses such a GPU itself."""
     variants = matrix.load(matrix_path)  # raises MatrixError before anything else runs
     if name not in variants:
         raise BuildError(f"no variant {name!r} in {matrix_path}; it has: {', '.join(variants)}")
@@ -215,29 +227,68 @@ def build(name: str, *, matrix_path: Path = matrix.MATRIX_PATH, archs: tuple[int
     if plat not in variant.platforms:
         raise BuildError(f"{name} is not built for {plat} (matrix.toml platforms: {', '.join(variant.platforms)})")
     sass = _select_sass(variant, archs)
+    if no_ptx and not sass:
+        raise BuildError("--no-ptx makes a test build and needs --archs (e.g. --archs 80 --no-ptx); a release "
+                         "build always embeds the row's PTX")
     nvcc = find_toolkit(variant) if variant.backend == "cuda" else None  # CMake then checks its arch list
     cxx = find_host_compiler(variant)
     # a subset build (--archs) is a developer's build: it never lands where the release library is staged
-    suffix = "-sm" + "_".join(map(str, sass)) if sass else ""
+    suffix = staging_suffix(sass, no_ptx)
     build_dir, prefix = build_root / f"{name}-{plat}{suffix}", build_root / "staging" / f"{plat}{suffix}"
     configure = _run(configure_command(variant, cmake=cmake, build_dir=build_dir, prefix=prefix, sass=sass,
-                                       nvcc=nvcc, cxx=cxx), log)
+                                       nvcc=nvcc, cxx=cxx, no_ptx=no_ptx), log)
     compile_seconds = _run([cmake, "--build", str(build_dir)], log)
     # stripped, as pip's install of the same build is (scikit-build-core's install.strip): a release library staged
     # here and the one a user gets from `pip install .` are the same bytes; tests/test_cpu_isa.py builds its own
     _run([cmake, "--install", str(build_dir), "--strip"], log)
     library = prefix / "kbit" / matrix.library_filename(name, plat)
     info = read_build_info(library)
-    expected = list(sass or variant.sass)
-    if info["variant"] != name or info["sass"] != expected or (variant.backend == "cuda" and info["ptx"] != max(expected)):
-        raise BuildError(f"{library} reports {info}, which is not what was asked for ({name}, sass {expected})")
+    check_manifest(variant, library, info, list(sass or variant.sass), no_ptx=no_ptx)
+    check_portable(library, plat, log)
     return BuildResult(name, library, info, configure, compile_seconds)
+
+
+def check_manifest(variant: matrix.Variant, library: Path, info: dict, expected_sass: list[int], *,
+                   no_ptx: bool = False) -> None:
+    """The built library, its installed manifest and matrix.toml agree: the manifest file is what the library
+    reports, it holds the archs that were asked for, and ci/matrix.py finds nothing that drifted from the row
+    (a --no-ptx test build: no PTX at all)."""
+    manifest_path = library.with_name(f"kbit_{variant.name}.build.json")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+    if manifest != info:
+        raise BuildError(f"{manifest_path} holds {manifest}, but {library} reports {info}. fix: rebuild from a clean "
+                         f"build folder (rm -rf build/{variant.name}-*)")
+    if info.get("sass") != expected_sass:
+        raise BuildError(f"{library} reports sass {info.get('sass')}, which is not what was asked for "
+                         f"({variant.name}, sass {expected_sass})")
+    problems = matrix.manifest_problems(variant, info, no_ptx=no_ptx)
+    if problems:
+        raise BuildError(f"{manifest_path} drifted from matrix.toml's {variant.name} row: {'; '.join(problems)}. "
+                         f"fix: rebuild with nox -s build-{variant.name}, or correct matrix.toml")
+
+
+def check_portable(library: Path, plat: str, log=print) -> None:
+    """Refuse a Linux library that would not load on the oldest system of the platform's manylinux policy."""
+    if not plat.startswith("linux-"):
+        return
+    from ci import portability
+
+    try:
+        problems = portability.check(library, plat)
+        log(f"portability: {portability.summary(library)}")
+    except portability.PortabilityError as exc:
+        raise BuildError(f"cannot check {library}'s portability: {exc}") from exc
+    if problems:
+        raise BuildError(f"{library} is not portable to {portability.policy_name(plat)}:\n"
+                         + "\n".join(f"  {p.what}\n    fix: {p.fix}" for p in problems))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ci/build_variant.py", description=__doc__.splitlines()[0])
     parser.add_argument("variant")
     parser.add_argument("--archs", help="comma-separated subset of the row's SASS archs (PTX: the newest of them)")
+    parser.add_argument("--no-ptx", action="store_true",
+                        help="test builds only (with --archs): embed no PTX; the manifest records ptx null")
     parser.add_argument("--cmake", default="cmake", help="the cmake executable to use")
     parser.add_argument("--matrix", type=Path, default=matrix.MATRIX_PATH)
     parser.add_argument("--build-root", type=Path, default=BUILD_ROOT)
@@ -245,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     archs = tuple(int(a) for a in args.archs.split(",")) if args.archs else None
     try:
         result = build(args.variant, matrix_path=args.matrix, archs=archs, cmake=args.cmake,
-                       build_root=args.build_root)
+                       build_root=args.build_root, no_ptx=args.no_ptx)
     except (matrix.MatrixError, BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,13 +15,19 @@ import argparse
 import json
 import re
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 if __package__ in (None, ""):  # run as a script: make `ci` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10, e.g. a `pip install .` build env: scikit-build-core brings tomli
+    import tomli as tomllib
 
 from ci import cuda_catalog  # noqa: E402
 
@@ -109,7 +115,7 @@ def library_filename(variant: str, platform: str) -> str:
     """libkbit_<variant>.so on Linux, kbit_<variant>.dll on Windows (CMake's default shared-library naming).
 
     The runtime (python/kbit/_native.py) has its own copy, since the installed package cannot import ci/;
-    tests/test_abi.py checks that the two agree."""
+    tests/runtime/test_abi.py checks that the two agree."""
     stem = library_stem(variant)
     return f"{stem}.dll" if platform.startswith("win") else f"lib{stem}.so"
 
@@ -315,7 +321,8 @@ def parse(text: str, path: Path = MATRIX_PATH) -> dict[str, Variant]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(path, [Problem("(file)", f"is not valid TOML: {exc}",
-                                         "fix the syntax; a table defined twice (a duplicated row) also lands here")])
+                                         "fix the syntax; a table defined twice (a duplicated row) also lands here")]
+                          ) from None
     problems = _check_document(doc)
     if problems:
         raise MatrixError(path, problems)
@@ -343,16 +350,44 @@ def load_platforms(path: Path = MATRIX_PATH) -> dict[str, Platform]:
 
 # ---------------------------------------------------------------- derivations
 
-def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None) -> list[str]:
-    """The -D arguments that configure CMake for one variant (optionally a subset of its SASS archs)."""
+def cmake_args(variant: Variant, sass: tuple[int, ...] | None = None, *, no_ptx: bool = False) -> list[str]:
+    """The -D arguments that configure CMake for one variant (optionally a subset of its SASS archs; no_ptx: a
+    test build without any PTX entry, KBIT_TEST_NO_PTX)."""
     args = [f"-DKBIT_BACKEND={variant.backend}", f"-DKBIT_VARIANT={variant.name}"]
     if variant.backend == "cuda":
         chosen = tuple(sass) if sass else variant.sass
-        args += [f"-DKBIT_CUDA_ARCHS={cmake_archs(chosen, max(chosen))}",
+        args += [f"-DKBIT_CUDA_ARCHS={cmake_archs(chosen, None if no_ptx else max(chosen))}",
                  f"-DKBIT_CUDA_TOOLKIT={variant.toolkit}",
                  f"-DKBIT_FATBIN_COMPRESSION={variant.compression}",
                  f"-DKBIT_MIN_DRIVER={variant.min_driver}"]
+        if no_ptx:
+            args.append("-DKBIT_TEST_NO_PTX=ON")
     return args
+
+
+def manifest_problems(variant: Variant, info: dict, *, no_ptx: bool = False) -> list[str]:
+    """What a build manifest (kbit_<variant>.build.json: what the library says about itself) says that the
+    variant's matrix.toml row does not; [] when they agree. A CUDA build may hold a subset of the row's SASS archs
+    (ci/build_variant.py --archs); its PTX is then the newest of them, or none in a --no-ptx test build.
+    ci/build_variant.py checks every build."""
+    problems = []
+    if info.get("variant") != variant.name or info.get("backend") != variant.backend:
+        problems.append(f"variant/backend {info.get('variant')}/{info.get('backend')} vs {variant.name}/{variant.backend}")
+    sass, ptx, toolkit = info.get("sass"), info.get("ptx"), info.get("toolkit")
+    if variant.backend != "cuda":
+        if sass != [] or ptx is not None or toolkit is not None:
+            problems.append(f"a CPU build with sass {sass}, ptx {ptx}, toolkit {toolkit}")
+        return problems
+    if not isinstance(toolkit, str) or ".".join(toolkit.split(".")[:2]) != variant.toolkit:
+        problems.append(f"toolkit {toolkit} vs {variant.toolkit}")
+    if not sass or not set(sass) <= set(variant.sass) or ptx != (None if no_ptx else max(sass)):
+        problems.append(f"sass {sass} ptx {ptx} vs {list(variant.sass)} ptx {variant.ptx}")
+    elif sass == list(variant.sass) and ptx != variant.ptx:
+        problems.append(f"ptx {ptx} vs {variant.ptx}")
+    if info.get("min_driver") != variant.min_driver or info.get("compression") != variant.compression:
+        problems.append(f"min_driver/compression {info.get('min_driver')}/{info.get('compression')} vs "
+                        f"{variant.min_driver}/{variant.compression}")
+    return problems
 
 
 def _gha_job(v: Variant, plat: str) -> dict[str, str]:

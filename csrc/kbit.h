@@ -29,7 +29,10 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes; the Python loader refuses any other value. */
-#define KBIT_ABI_VERSION 1
+#define KBIT_ABI_VERSION 2
+
+/* Every constant of this ABI is written here once. kbit._abi (python/kbit/_abi.py) holds the Python copy;
+ * tests/runtime/test_abi.py parses this header and fails when the two differ (enums, defines, structs, prototypes). */
 
 typedef enum kbit_status {
   KBIT_OK = 0,
@@ -43,7 +46,58 @@ typedef enum kbit_status {
 
 typedef enum kbit_dtype { KBIT_F32 = 0, KBIT_F16 = 1, KBIT_BF16 = 2 } kbit_dtype;
 
-typedef enum kbit_map { KBIT_MAP_DYNAMIC_SIGNED = 0, KBIT_MAP_DYNAMIC_UNSIGNED = 1 } kbit_map;
+/* The code maps kbit_code_map copies: the 8-bit dynamic maps (KBIT_MAP_SIZE_8BIT values, ascending) and the
+ * 4-bit tables indexed by code (KBIT_MAP_SIZE_4BIT values; FP4 code 0b1000 is -0.0). */
+typedef enum kbit_map {
+  KBIT_MAP_DYNAMIC_SIGNED = 0,
+  KBIT_MAP_DYNAMIC_UNSIGNED = 1,
+  KBIT_MAP_NF4 = 2,
+  KBIT_MAP_FP4 = 3
+} kbit_map;
+#define KBIT_MAP_SIZE_8BIT 256
+#define KBIT_MAP_SIZE_4BIT 16
+
+/* 4-bit quantization types (kbit_quantize_4bit and friends). */
+typedef enum kbit_quant4 { KBIT_NF4 = 0, KBIT_FP4 = 1 } kbit_quant4;
+/* Block sizes: powers of two in [MIN, MAX]. The 8-bit optimizer states use blocks of KBIT_OPTIM_BLOCKSIZE. */
+#define KBIT_BLOCKSIZE_8BIT_MIN 64
+#define KBIT_BLOCKSIZE_8BIT_MAX 4096
+#define KBIT_BLOCKSIZE_4BIT_MIN 32
+#define KBIT_BLOCKSIZE_4BIT_MAX 4096
+#define KBIT_OPTIM_BLOCKSIZE 256
+
+/* Optimizer kinds: bitsandbytes' Optimizer_t numbering (3, LARS, is not provided). ADAM is also AdamW (weight
+ * decay is decoupled, p *= 1 - lr*wd). ADAM and ADEMAMIX keep a second state (state2 / absmax2); ADEMAMIX
+ * keeps its third state after the first: state1 holds 2n elements (absmax1 2 * ceil(n / 256) blocks in the
+ * 8-bit form). Every other kind keeps state1 only. */
+typedef enum kbit_optimizer {
+  KBIT_OPTIM_ADAM = 0,
+  KBIT_OPTIM_MOMENTUM = 1,
+  KBIT_OPTIM_RMSPROP = 2,
+  KBIT_OPTIM_ADAGRAD = 4,
+  KBIT_OPTIM_LION = 5,
+  KBIT_OPTIM_ADEMAMIX = 6
+} kbit_optimizer;
+
+/* The scalars of one optimizer step. `size` is sizeof(kbit_optim_params) as the caller compiled it: fields are
+ * only ever appended within one ABI version, a library reads the fields the caller's size covers (at least up
+ * to `step`, else KBIT_ERR_INVALID_ARGUMENT) and treats later ones as 0. correction1 = 1 - beta1^step and
+ * correction2 = sqrt(1 - beta2^step) are computed by the caller (used by ADAM and ADEMAMIX only); step counts
+ * from 1; gnorm_scale multiplies g first; unused hyperparameters are 0. */
+typedef struct kbit_optim_params {
+  uint32_t size;
+  float lr;
+  float beta1;
+  float beta2;
+  float beta3;
+  float alpha;
+  float eps;
+  float weight_decay;
+  float correction1;
+  float correction2;
+  float gnorm_scale;
+  int32_t step;
+} kbit_optim_params;
 
 /* ---- handshake: return values, never change signature ---- */
 KBIT_API int32_t kbit_abi_version(void);
@@ -58,12 +112,14 @@ KBIT_API const char* kbit_last_error(void);
  * is reported as KBIT_ERR_NO_DRIVER / KBIT_ERR_NO_DEVICE with *count = 0. */
 KBIT_API int kbit_device_count(int32_t* count);
 
-/* Copy the 256 float32 values of a code map into out (host memory, in every library). */
-KBIT_API int kbit_code_map(int32_t map, float* out);
+/* Copy the float32 values of a code map (kbit_map) into out, which holds `capacity` floats (host memory, in
+ * every library): KBIT_MAP_SIZE_8BIT values for the dynamic maps, KBIT_MAP_SIZE_4BIT for NF4 and FP4; a
+ * smaller capacity is KBIT_ERR_INVALID_ARGUMENT. */
+KBIT_API int kbit_code_map(int32_t map, float* out, int32_t capacity);
 
 /* 8-bit blockwise dynamic quantization of A[n] (dtype) with the signed dynamic map:
  * absmax[b] = max |A| over block b (ceil(n / blocksize) floats); out[i] = the code nearest to
- * A[i] * (1 / absmax[b]). blocksize is a power of two in 64..4096. */
+ * A[i] * (1 / absmax[b]). blocksize is a power of two in KBIT_BLOCKSIZE_8BIT_MIN..MAX. */
 KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* absmax, uint8_t* out,
                                           int64_t n, int32_t blocksize, void* stream, int32_t num_threads);
 
@@ -72,10 +128,9 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
                                             int64_t n, int32_t blocksize, void* stream, int32_t num_threads);
 
 /* ---- 4-bit blockwise quantization and the 4-bit matrix-vector product (csrc/numerics/blockwise4.h) ----
- * quant_type: KBIT_NF4 or KBIT_FP4. blocksize: a power of two in 32..4096. dtype as above; packed holds
- * ceil(n / 2) bytes, element 2j in the high nibble of byte j (an odd n pads the last low nibble with the code
+ * quant_type: a kbit_quant4. blocksize: a power of two in KBIT_BLOCKSIZE_4BIT_MIN..MAX. dtype as above;
+ * packed holds ceil(n / 2) bytes, element 2j in the high nibble of byte j (an odd n pads the last low nibble with the code
  * of 0.0); absmax holds ceil(n / blocksize) float32 values. */
-typedef enum kbit_quant4 { KBIT_NF4 = 0, KBIT_FP4 = 1 } kbit_quant4;
 
 /* absmax[b] = max |A| over block b (NaN if the block holds one, stored as 0x7fc00000); each element gets the
  * code nearest to A[i] * (1 / absmax[b]) (exact; NF4 ties to the lower code, FP4 to the smaller magnitude).
@@ -97,31 +152,23 @@ KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, co
                             const float* absmax, const void* bias, void* out, int64_t rows, int64_t out_features,
                             int64_t in_features, int32_t blocksize, void* stream, int32_t num_threads);
 /* ---- optimizers: one fused update step over n elements (numerics in csrc/numerics/optim.h) ----
- * optimizer: 0 adam (also AdamW: weight decay is decoupled, p *= 1 - lr*wd), 1 momentum, 2 rmsprop,
- *            4 adagrad, 5 lion, 6 ademamix (bitsandbytes' numbering).
- * dtype is that of p and g (0 float32, 1 float16, 2 bfloat16); the update runs in float32 and p is rounded
- * to nearest-even. correction1 = 1 - beta1^step and correction2 = sqrt(1 - beta2^step) are computed by the
- * caller (they are used by adam and ademamix only). step counts from 1. gnorm_scale multiplies g first.
- * state2 / absmax2 are used by adam and ademamix only (pass NULL otherwise). ademamix keeps its third state
- * after the first: state1 holds 2n elements (and absmax1 2 * ceil(n / 256) blocks in the 8-bit form). */
+ * optimizer: a kbit_optimizer; dtype is that of p and g; the update runs in float32 and p is rounded to
+ * nearest-even. params: the step's scalars (kbit_optim_params, host memory, never NULL). state2 / absmax2 are
+ * used by ADAM and ADEMAMIX only (pass NULL otherwise). */
 
 /* States in float32, updated in place. The states of an element whose g is inf/NaN become NaN (as in
  * bitsandbytes' 32-bit kernels: non-finite input is never hidden). */
 KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void* p, const void* g, float* state1,
-                                         float* state2, int64_t n, float lr, float beta1, float beta2, float beta3,
-                                         float alpha, float eps, float weight_decay, float correction1,
-                                         float correction2, float gnorm_scale, int32_t step, void* stream,
+                                         float* state2, int64_t n, const kbit_optim_params* params, void* stream,
                                          int32_t num_threads);
 
-/* States as 8-bit codes in blocks of 256 elements with float32 absmax per block: state1 (and ademamix's
- * third state) in the signed dynamic map, state2 in the unsigned map. Each block is dequantized, updated,
- * its absmax recomputed and requantized (exact nearest code, sign fix for signed states). An element whose
- * g is inf/NaN gets zero states and keeps its parameter. */
+/* States as 8-bit codes in blocks of KBIT_OPTIM_BLOCKSIZE elements with float32 absmax per block: state1 (and
+ * ademamix's third state) in the signed dynamic map, state2 in the unsigned map. Each block is dequantized,
+ * updated, its absmax recomputed and requantized (exact nearest code, sign fix for signed states). An element
+ * whose g is inf/NaN gets zero states and keeps its parameter. */
 KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dtype, void* p, const void* g,
                                                   uint8_t* state1, uint8_t* state2, float* absmax1, float* absmax2,
-                                                  int64_t n, float lr, float beta1, float beta2, float beta3,
-                                                  float alpha, float eps, float weight_decay, float correction1,
-                                                  float correction2, float gnorm_scale, int32_t step, void* stream,
+                                                  int64_t n, const kbit_optim_params* params, void* stream,
                                                   int32_t num_threads);
 
 /* CUDA managed memory for paged optimizer states: *out = cudaMallocManaged(bytes) (NULL for 0 bytes), freed

@@ -31,12 +31,39 @@ def require_tool(what: str, found: object) -> None:
         pytest.skip(f"{what} not available")
 
 
-def pytest_collection_modifyitems(config, items):
+# Set by ci/gpu_check.py: on the GPU machine a `cuda` test that cannot run is a failure of the check, not a skip.
+REQUIRE_GPU = os.environ.get("KBIT_REQUIRE_GPU", "") == "1"
+
+
+def bundled_cuda_variants() -> list[str]:
+    """The CUDA variants the installed package bundles (their kbit_<variant>.build.json manifests, README)."""
+    import kbit
+
+    return sorted(p.name[len("kbit_"):-len(".build.json")]
+                  for p in Path(kbit.__file__).parent.glob("kbit_cuda*.build.json"))
+
+
+def _why_cuda_tests_cannot_run() -> str | None:
     import torch
 
-    if torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        why = "needs an NVIDIA GPU (torch.cuda.is_available() is False"
+        return why + (f"; torch {torch.__version__} is a CPU-only build)" if torch.version.cuda is None else ")")
+    if not bundled_cuda_variants():
+        import kbit
+
+        return (f"the installed kbit ({Path(kbit.__file__).parent}) bundles no CUDA variant, only the CPU library: "
+                f"run `python ci/gpu_check.py`, which builds one for this GPU and installs both")
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    why = _why_cuda_tests_cannot_run()
+    if why is None:
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    if REQUIRE_GPU and any("cuda" in item.keywords for item in items):
+        raise pytest.UsageError(f"KBIT_REQUIRE_GPU=1 but the cuda tests cannot run: {why}")
+    skip = pytest.mark.skip(reason=why)
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

@@ -2,18 +2,29 @@
  * the same words. */
 #pragma once
 
+#include <stddef.h>
+#include <string.h>
+
+#include "common/dispatch.h"
 #include "common/status.h"
+#include "numerics/optim.h"
 
 namespace kbit {
 
-inline bool is_blocksize_8bit(int32_t bs) { return bs >= 64 && bs <= 4096 && (bs & (bs - 1)) == 0; }
+inline bool is_power_of_two_in(int32_t bs, int32_t lo, int32_t hi) { return bs >= lo && bs <= hi && (bs & (bs - 1)) == 0; }
+inline bool is_blocksize_8bit(int32_t bs) { return is_power_of_two_in(bs, KBIT_BLOCKSIZE_8BIT_MIN, KBIT_BLOCKSIZE_8BIT_MAX); }
+
+inline int check_dtype(int32_t dtype) {
+  KBIT_CHECK(dtype == KBIT_F32 || dtype == KBIT_F16 || dtype == KBIT_BF16, KBIT_ERR_INVALID_ARGUMENT,
+             "dtype %d is not %d (float32), %d (float16) or %d (bfloat16)", dtype, KBIT_F32, KBIT_F16, KBIT_BF16);
+  return KBIT_OK;
+}
 
 inline int check_blockwise_8bit(int32_t dtype, const void* in, const void* absmax, const void* out, int64_t n,
                                 int32_t blocksize) {
-  KBIT_CHECK(dtype == KBIT_F32 || dtype == KBIT_F16 || dtype == KBIT_BF16, KBIT_ERR_INVALID_ARGUMENT,
-             "dtype %d is not 0 (float32), 1 (float16) or 2 (bfloat16)", dtype);
-  KBIT_CHECK(is_blocksize_8bit(blocksize), KBIT_ERR_INVALID_ARGUMENT,
-             "blocksize %d is not a power of two in 64..4096", blocksize);
+  if (int s = check_dtype(dtype)) return s;
+  KBIT_CHECK(is_blocksize_8bit(blocksize), KBIT_ERR_INVALID_ARGUMENT, "blocksize %d is not a power of two in %d..%d",
+             blocksize, KBIT_BLOCKSIZE_8BIT_MIN, KBIT_BLOCKSIZE_8BIT_MAX);
   KBIT_CHECK(n >= 0, KBIT_ERR_INVALID_ARGUMENT, "n = %lld is negative", static_cast<long long>(n));
   KBIT_CHECK(n == 0 || (in != nullptr && absmax != nullptr && out != nullptr), KBIT_ERR_INVALID_ARGUMENT,
              "a NULL pointer was passed with n = %lld", static_cast<long long>(n));
@@ -27,15 +38,14 @@ inline int64_t block_count(int64_t n, int32_t blocksize) { return (n + blocksize
 /* ---- 4-bit quantization and gemv (csrc/numerics/blockwise4.h) ---- */
 namespace kbit {
 
-inline bool is_blocksize_4bit(int32_t bs) { return bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0; }
+inline bool is_blocksize_4bit(int32_t bs) { return is_power_of_two_in(bs, KBIT_BLOCKSIZE_4BIT_MIN, KBIT_BLOCKSIZE_4BIT_MAX); }
 
 inline int check_4bit_format(int32_t dtype, int32_t quant_type, int32_t blocksize) {
-  KBIT_CHECK(dtype == KBIT_F32 || dtype == KBIT_F16 || dtype == KBIT_BF16, KBIT_ERR_INVALID_ARGUMENT,
-             "dtype %d is not 0 (float32), 1 (float16) or 2 (bfloat16)", dtype);
+  if (int s = check_dtype(dtype)) return s;
   KBIT_CHECK(quant_type == KBIT_NF4 || quant_type == KBIT_FP4, KBIT_ERR_INVALID_ARGUMENT,
-             "quant_type %d is not 0 (nf4) or 1 (fp4)", quant_type);
-  KBIT_CHECK(is_blocksize_4bit(blocksize), KBIT_ERR_INVALID_ARGUMENT,
-             "blocksize %d is not a power of two in 32..4096", blocksize);
+             "quant_type %d is not %d (nf4) or %d (fp4)", quant_type, KBIT_NF4, KBIT_FP4);
+  KBIT_CHECK(is_blocksize_4bit(blocksize), KBIT_ERR_INVALID_ARGUMENT, "blocksize %d is not a power of two in %d..%d",
+             blocksize, KBIT_BLOCKSIZE_4BIT_MIN, KBIT_BLOCKSIZE_4BIT_MAX);
   return KBIT_OK;
 }
 
@@ -78,30 +88,57 @@ inline int check_host_launch(void* stream, int32_t threads) {
 /* ---- optimizers (csrc/numerics/optim.h) ---- */
 namespace kbit {
 
-/* The checks shared by kbit_optimizer_update_32bit and _8bit_blockwise (state pointers checked by caller). */
-inline int check_optimizer(int32_t kind, int32_t dtype, const void* p, const void* g, int64_t n, int32_t step,
-                           float correction1, float correction2) {
-  KBIT_CHECK(kind == 0 || kind == 1 || kind == 2 || kind == 4 || kind == 5 || kind == 6, KBIT_ERR_INVALID_ARGUMENT,
-             "optimizer %d is not 0 (adam), 1 (momentum), 2 (rmsprop), 4 (adagrad), 5 (lion) or 6 (ademamix)", kind);
-  KBIT_CHECK(dtype == KBIT_F32 || dtype == KBIT_F16 || dtype == KBIT_BF16, KBIT_ERR_INVALID_ARGUMENT,
-             "dtype %d is not 0 (float32), 1 (float16) or 2 (bfloat16)", dtype);
-  KBIT_CHECK(n >= 0, KBIT_ERR_INVALID_ARGUMENT, "n = %lld is negative", static_cast<long long>(n));
-  KBIT_CHECK(step >= 1, KBIT_ERR_INVALID_ARGUMENT, "step = %d; steps count from 1", step);
-  KBIT_CHECK(n == 0 || (p != nullptr && g != nullptr), KBIT_ERR_INVALID_ARGUMENT,
-             "p or g is NULL with n = %lld", static_cast<long long>(n));
-  const bool two_state = kind == 0 || kind == 6;
-  KBIT_CHECK(!two_state || (correction1 > 0.0f && correction2 > 0.0f), KBIT_ERR_INVALID_ARGUMENT,
-             "correction1 = %g and correction2 = %g must be > 0 (1 - beta1^t and sqrt(1 - beta2^t))",
-             static_cast<double>(correction1), static_cast<double>(correction2));
+/* The step's scalars from the caller's kbit_optim_params: the fields its `size` covers (at least through
+ * `step`, the fields of ABI 2), later fields 0. */
+inline int read_optim_params(const kbit_optim_params* params, kbit_optim_params* out) {
+  KBIT_CHECK(params != nullptr, KBIT_ERR_INVALID_ARGUMENT, "params is NULL; pass a kbit_optim_params");
+  constexpr uint32_t kMinSize = offsetof(kbit_optim_params, step) + sizeof(int32_t);
+  KBIT_CHECK(params->size >= kMinSize, KBIT_ERR_INVALID_ARGUMENT,
+             "params->size = %u, smaller than the %u bytes of kbit_optim_params in ABI %d; set it to "
+             "sizeof(kbit_optim_params)", params->size, kMinSize, KBIT_ABI_VERSION);
+  memset(out, 0, sizeof(*out));
+  memcpy(out, params, params->size < sizeof(*out) ? params->size : sizeof(*out));
+  out->size = sizeof(*out);
   return KBIT_OK;
 }
 
-/* state2 (and absmax2) exist exactly for the two-state kinds (adam, ademamix). */
+/* The checks shared by kbit_optimizer_update_32bit and _8bit_blockwise (state pointers checked by caller). */
+inline int check_optimizer(int32_t kind, int32_t dtype, const void* p, const void* g, int64_t n,
+                           const kbit_optim_params& k) {
+  KBIT_CHECK(is_optim_kind(kind), KBIT_ERR_INVALID_ARGUMENT,
+             "optimizer %d is not %d (adam), %d (momentum), %d (rmsprop), %d (adagrad), %d (lion) or %d (ademamix)",
+             kind, kAdam, kMomentum, kRmsprop, kAdagrad, kLion, kAdemamix);
+  if (int s = check_dtype(dtype)) return s;
+  KBIT_CHECK(n >= 0, KBIT_ERR_INVALID_ARGUMENT, "n = %lld is negative", static_cast<long long>(n));
+  KBIT_CHECK(k.step >= 1, KBIT_ERR_INVALID_ARGUMENT, "step = %d; steps count from 1", k.step);
+  KBIT_CHECK(n == 0 || (p != nullptr && g != nullptr), KBIT_ERR_INVALID_ARGUMENT,
+             "p or g is NULL with n = %lld", static_cast<long long>(n));
+  KBIT_CHECK(!has_state2(kind) || (k.correction1 > 0.0f && k.correction2 > 0.0f), KBIT_ERR_INVALID_ARGUMENT,
+             "correction1 = %g and correction2 = %g must be > 0 (1 - beta1^t and sqrt(1 - beta2^t))",
+             static_cast<double>(k.correction1), static_cast<double>(k.correction2));
+  return KBIT_OK;
+}
+
+/* state2 (and absmax2) exist exactly for the kinds with state_count >= 2 (adam, ademamix). */
 inline int check_optimizer_states(int32_t kind, int64_t n, const void* state1, const void* state2, const char* what) {
-  const bool two_state = kind == 0 || kind == 6;
   KBIT_CHECK(n == 0 || state1 != nullptr, KBIT_ERR_INVALID_ARGUMENT, "%s1 is NULL", what);
-  KBIT_CHECK(n == 0 || !two_state || state2 != nullptr, KBIT_ERR_INVALID_ARGUMENT,
+  KBIT_CHECK(n == 0 || !has_state2(kind) || state2 != nullptr, KBIT_ERR_INVALID_ARGUMENT,
              "%s2 is NULL but optimizer %d keeps two states", what, kind);
+  return KBIT_OK;
+}
+
+/* Everything both backends check before an optimizer step, in this order: the params (read into *k), kind,
+ * dtype, sizes and step, the states and, for the 8-bit blockwise form, the absmax arrays. */
+inline int check_optimizer_call(int32_t kind, int32_t dtype, const void* p, const void* g, int64_t n,
+                                const kbit_optim_params* params, const void* state1, const void* state2,
+                                const void* absmax1, const void* absmax2, bool blockwise, OptimScalars* k) {
+  kbit_optim_params a;
+  if (int s = read_optim_params(params, &a)) return s;
+  if (int s = check_optimizer(kind, dtype, p, g, n, a)) return s;
+  if (int s = check_optimizer_states(kind, n, state1, state2, "state")) return s;
+  if (blockwise)
+    if (int s = check_optimizer_states(kind, n, absmax1, absmax2, "absmax")) return s;
+  *k = make_optim_scalars(a);
   return KBIT_OK;
 }
 

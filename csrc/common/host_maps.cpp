@@ -6,10 +6,10 @@
  * construction throws, and every exported function reports KBIT_ERR_INTERNAL instead of a wrong code. */
 #include <cmath>
 #include <limits>
-#include <stdexcept>
 #include <vector>
 
 #include "common/host_tables.h"
+#include "common/status.h"
 
 namespace kbit {
 namespace {
@@ -39,7 +39,7 @@ struct BucketedMap {
       const float probes[3] = {above[c], std::nextafter(above[c], 2.0f), hi[c]};
       for (float x : probes)
         if ((x > above[c]) != (above_midpoint(x, hi[c], lo[c]) != 0))
-          throw std::logic_error("a bucket-search threshold disagrees with its exact midpoint");
+          throw InternalError("a bucket-search threshold disagrees with its exact midpoint");
     }
     above[255] = std::numeric_limits<float>::infinity();  // nothing lies above code 255
     for (uint32_t u = 0; u < kBuckets; ++u) {
@@ -48,7 +48,7 @@ struct BucketedMap {
       bucket_range(u, &first, &last);
       const uint8_t c = nan_bucket ? 0 : nearest_code(first, hi, lo);
       if (!nan_bucket && nearest_code(last, hi, lo) > c + 1)
-        throw std::logic_error("a bucket of the code map holds two midpoints; the bucketed search is not exact");
+        throw InternalError("a bucket of the code map holds two midpoints; the bucketed search is not exact");
       buckets[u] = c;
     }
     view = MapView{values, hi, lo, buckets.data(), above};

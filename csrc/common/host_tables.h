@@ -12,6 +12,8 @@ extern const float kSignedMidLo[255];
 extern const float kUnsignedValues[256];
 extern const float kUnsignedMidHi[255];
 extern const float kUnsignedMidLo[255];
+extern const float kNf4Values[KBIT_MAP_SIZE_4BIT];
+extern const float kFp4Values[KBIT_MAP_SIZE_4BIT];
 
 /* The complete host view of a map (KBIT_MAP_DYNAMIC_SIGNED or _UNSIGNED): what CPU code passes to
  * nearest_code / quantize_8bit. */

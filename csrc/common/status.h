@@ -19,6 +19,17 @@ int fail(int status, const char* file, int line, const char* what, const char* f
 /* Forget the calling thread's last error (called on entry of every exported function). */
 void clear_error();
 
+/* A broken internal invariant, thrown with a string literal; guarded() reports its text. Not std::logic_error:
+ * its const char* constructor is GLIBCXX_3.4.21, newer than manylinux2014's libstdc++ (README, Portability). */
+class InternalError : public std::exception {
+ public:
+  explicit InternalError(const char* what) noexcept : what_(what) {}
+  const char* what() const noexcept override { return what_; }
+
+ private:
+  const char* what_;
+};
+
 /* Run an exported function's body: clears the error first and turns a stray C++ exception into
  * KBIT_ERR_INTERNAL instead of letting it unwind through C callers. */
 template <class Body>

@@ -1,5 +1,5 @@
 /* blockwise4.cpp: CPU entry points of 4-bit blockwise quantization (libkbit_cpu).
- * The math is numerics/blockwise4.h; this file owns the loops over blocks, their threading (OpenMP across
+ * The math is numerics/blockwise4.h; this file owns the loops over blocks, their threading (cpu/parallel.h across
  * blocks, with the caller's thread count) and their shape for the compiler's vectorizer: the absmax is an
  * integer max, the code a sum of compares, and dequantization a lookup in a per-block table of the 16 scaled
  * values (each entry is table[code] * absmax, the same product the per-element formula computes).
@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "common/args.h"
+#include "common/host_tables.h"
+#include "cpu/parallel.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
@@ -19,11 +21,7 @@
 namespace kbit {
 namespace {
 
-const float kNf4Table[16] = KBIT_NF4_VALUES;
-const float kFp4Table[16] = KBIT_FP4_VALUES;
-constexpr int64_t kStreamingBytes = int64_t{16} << 20;  // outputs above this bypass the cache
-
-const float* table_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4Table : kNf4Table; }
+const float* table_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4Values : kNf4Values; }
 
 
 // ------------------------------------------------------------------------------------------ quantize
@@ -33,10 +31,10 @@ KBIT_ALWAYS_INLINE void quantize_block_body(const T* __restrict in, float* absma
                                             int64_t len) {
   int32_t m = 0;  // abs bits are <= 0x7fffffff: a signed max is the unsigned one and vectorizes on SSE2
   for (int64_t i = 0; i < len; ++i) {
-    const int32_t a = static_cast<int32_t>(abs_bits(to_float(in[i])));
+    const int32_t a = static_cast<int32_t>(magnitude_bits(to_float(in[i])));
     m = a > m ? a : m;
   }
-  const float absmax = absmax_from_bits(static_cast<uint32_t>(m));
+  const float absmax = magnitude_value<float>(static_cast<uint32_t>(m));
   *absmax_out = absmax;
   const int64_t pairs = len / 2;
   if (!is_finite_scale(absmax)) {
@@ -74,11 +72,10 @@ void quantize_all(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t b
   if (use_avx2()) block = &quantize_block_avx2<Q, T>;
 #endif
   const int64_t blocks = block_count(n, bs);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, threads, [&](int64_t b) {
     const int64_t start = b * bs;
     block(in + start, absmax + b, out + start / 2, n - start < bs ? n - start : bs);
-  }
+  });
 }
 
 template <class T>
@@ -150,14 +147,10 @@ template <class T>
 void dequantize_all(const uint8_t* packed, const float* absmax, T* out, int64_t n, int32_t bs, const float* table,
                     int32_t threads) {
   const int64_t blocks = block_count(n, bs);
-  // blocks start at multiples of 32 elements, so an aligned output keeps every block's start aligned
-  const bool streaming = KBIT_X86_DISPATCH && n * static_cast<int64_t>(sizeof(T)) >= kStreamingBytes &&
-                         reinterpret_cast<uintptr_t>(out) % 32 == 0;
+  const bool streaming = stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
   (void)streaming;  // only the x86 paths stream
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
+  parallel_ranges(blocks, threads, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
       const int64_t start = b * bs;
       const int64_t len = n - start < bs ? n - start : bs;
       T scaled[16];
@@ -175,7 +168,7 @@ void dequantize_all(const uint8_t* packed, const float* absmax, T* out, int64_t 
 #if KBIT_X86_DISPATCH
     if (streaming) _mm_sfence();  // make the non-temporal stores visible before the call returns
 #endif
-  }
+  });
 }
 
 }  // namespace
@@ -188,12 +181,11 @@ KBIT_API int kbit_quantize_4bit(int32_t dtype, int32_t quant_type, const void* A
   return kbit::guarded("kbit_quantize_4bit", [&]() -> int {
     if (int s = kbit::check_blockwise_4bit(dtype, quant_type, A, absmax, packed, n, blocksize)) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
-    switch (dtype) {
-      case KBIT_F32: kbit::quantize_typed<float>(quant_type, A, absmax, packed, n, blocksize, num_threads); break;
-      case KBIT_F16: kbit::quantize_typed<kbit::f16>(quant_type, A, absmax, packed, n, blocksize, num_threads); break;
-      default: kbit::quantize_typed<kbit::bf16>(quant_type, A, absmax, packed, n, blocksize, num_threads); break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::quantize_typed<T>(quant_type, A, absmax, packed, n, blocksize, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 
@@ -203,18 +195,11 @@ KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8
     if (int s = kbit::check_blockwise_4bit(dtype, quant_type, packed, absmax, out, n, blocksize)) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     const float* table = kbit::table_4bit(quant_type);
-    switch (dtype) {
-      case KBIT_F32:
-        kbit::dequantize_all(packed, absmax, static_cast<float*>(out), n, blocksize, table, num_threads);
-        break;
-      case KBIT_F16:
-        kbit::dequantize_all(packed, absmax, static_cast<kbit::f16*>(out), n, blocksize, table, num_threads);
-        break;
-      default:
-        kbit::dequantize_all(packed, absmax, static_cast<kbit::bf16*>(out), n, blocksize, table, num_threads);
-        break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::dequantize_all(packed, absmax, static_cast<T*>(out), n, blocksize, table, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 

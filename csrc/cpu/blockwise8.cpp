@@ -1,10 +1,11 @@
 /* blockwise8.cpp: CPU entry points of 8-bit blockwise quantization (libkbit_cpu).
  * The math is numerics/blockwise8.h; this file owns only the loops over blocks and their threading
- * (OpenMP across blocks, with the thread count the caller passes). */
+ * (cpu/parallel.h across blocks, with the thread count the caller passes). */
 #include <type_traits>
 
 #include "common/args.h"
 #include "common/host_tables.h"
+#include "cpu/parallel.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise8.h"
 #include "numerics/float16.h"
@@ -50,17 +51,14 @@ template <class T>
 void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t bs, int32_t threads) {
   const int64_t blocks = block_count(n, bs);
   const MapView& map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, threads, [&](int64_t b) {
     const int64_t start = b * bs;
     const int64_t len = n - start < bs ? n - start : bs;
     const float m = block_absmax(in + start, len);
     absmax[b] = m;
     quantize_block(in + start, out + start, len, m, map);
-  }
+  });
 }
-
-constexpr int64_t kStreamingBytes = int64_t{16} << 20;  // float outputs above this bypass the cache
 
 #if KBIT_X86_DISPATCH
 /* The finite-scale part of a float block with non-temporal stores (SSE, in the x86-64 baseline): a large
@@ -96,12 +94,11 @@ int64_t stream_block(const uint8_t* codes, float* out, int64_t len, float scale)
 template <class T>
 void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_t n, int32_t bs, int32_t threads) {
   const int64_t blocks = block_count(n, bs);
-  const bool streaming = std::is_same<T, float>::value && n * static_cast<int64_t>(sizeof(T)) >= kStreamingBytes;
+  // stream_block writes float outputs only
+  const bool streaming = std::is_same<T, float>::value && stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
   (void)streaming;  // only the x86 path streams
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
+  parallel_ranges(blocks, threads, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
       const int64_t start = b * bs;
       const int64_t len = n - start < bs ? n - start : bs;
       const float scale = absmax[b];
@@ -116,7 +113,7 @@ void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_
 #if KBIT_X86_DISPATCH
     if (streaming) _mm_sfence();  // this thread's streamed stores are visible before the region ends
 #endif
-  }
+  });
 }
 
 }  // namespace
@@ -129,12 +126,11 @@ KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* a
   return kbit::guarded("kbit_quantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, A, absmax, out, n, blocksize)) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
-    switch (dtype) {
-      case KBIT_F32: kbit::quantize_blocks(static_cast<const float*>(A), absmax, out, n, blocksize, num_threads); break;
-      case KBIT_F16: kbit::quantize_blocks(static_cast<const kbit::f16*>(A), absmax, out, n, blocksize, num_threads); break;
-      default: kbit::quantize_blocks(static_cast<const kbit::bf16*>(A), absmax, out, n, blocksize, num_threads); break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::quantize_blocks(static_cast<const T*>(A), absmax, out, n, blocksize, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 
@@ -143,20 +139,11 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
   return kbit::guarded("kbit_dequantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, codes, absmax, out, n, blocksize)) return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
-    switch (dtype) {
-      case KBIT_F32: kbit::dequantize_blocks(codes, absmax, static_cast<float*>(out), n, blocksize, num_threads); break;
-      case KBIT_F16: kbit::dequantize_blocks(codes, absmax, static_cast<kbit::f16*>(out), n, blocksize, num_threads); break;
-      default: kbit::dequantize_blocks(codes, absmax, static_cast<kbit::bf16*>(out), n, blocksize, num_threads); break;
-    }
-    return KBIT_OK;
-  });
-}
-
-KBIT_API int kbit_device_count(int32_t* count) {
-  return kbit::guarded("kbit_device_count", [&]() -> int {
-    KBIT_CHECK(count != nullptr, KBIT_ERR_INVALID_ARGUMENT, "count is NULL");
-    *count = 0;  // the CPU library drives no accelerator
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::dequantize_blocks(codes, absmax, static_cast<T*>(out), n, blocksize, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 

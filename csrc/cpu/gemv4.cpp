@@ -1,10 +1,12 @@
 /* gemv4.cpp: CPU entry point of the 4-bit matrix-vector product out = A @ W.T (+ bias) (libkbit_cpu).
- * The math and the summation order are numerics/blockwise4.h. This file owns the loops: OpenMP over output
+ * The math and the summation order are numerics/blockwise4.h. This file owns the loops: cpu/parallel.h over output
  * features; each thread decodes one weight row into float32 once and uses it for every row of A. Each output
  * is computed by one thread in the fixed lane order, so the result does not depend on the thread count. */
 #include <vector>
 
 #include "common/args.h"
+#include "common/host_tables.h"
+#include "cpu/parallel.h"
 #include "cpu/simd4.h"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
@@ -12,8 +14,6 @@
 namespace kbit {
 namespace {
 
-const float kNf4Table[16] = KBIT_NF4_VALUES;
-const float kFp4Table[16] = KBIT_FP4_VALUES;
 
 /* Codes [k, stop) of a row segment inside one block (flat index of k: first + k) decoded through the block's
  * 16 values: a leading odd nibble alone, then whole bytes (AVX2 lookup when available), then a trailing nibble. */
@@ -95,17 +95,15 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
   std::vector<float> a_buffer;
   const float* a = widen(A, M * K, a_buffer);
   const DotFn dot = dot_lanes();
-#pragma omp parallel num_threads(threads)
-  {
+  parallel_ranges(N, threads, [&](int64_t first, int64_t last) {
     std::vector<float> w(static_cast<size_t>(K > 0 ? K : 1));
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < N; ++j) {
+    for (int64_t j = first; j < last; ++j) {
       decode_row(packed, absmax, j, K, bs, table, w.data());
       const float b = bias != nullptr ? to_float(bias[j]) : 0.0f;
       for (int64_t m = 0; m < M; ++m)
         out[m * N + j] = from_float<T>(gemv_finish(dot(a + m * K, w.data(), K), bias != nullptr, b));
     }
-  }
+  });
 }
 
 }  // namespace
@@ -122,23 +120,14 @@ KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, co
       return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (rows == 0 || out_features == 0) return KBIT_OK;
-    const float* table = quant_type == KBIT_FP4 ? kbit::kFp4Table : kbit::kNf4Table;
+    const float* table = quant_type == KBIT_FP4 ? kbit::kFp4Values : kbit::kNf4Values;
     const int64_t M = rows, N = out_features, K = in_features;
-    switch (dtype) {
-      case KBIT_F32:
-        kbit::gemv(static_cast<const float*>(A), packed, absmax, static_cast<const float*>(bias),
-                   static_cast<float*>(out), M, N, K, blocksize, table, num_threads);
-        break;
-      case KBIT_F16:
-        kbit::gemv(static_cast<const kbit::f16*>(A), packed, absmax, static_cast<const kbit::f16*>(bias),
-                   static_cast<kbit::f16*>(out), M, N, K, blocksize, table, num_threads);
-        break;
-      default:
-        kbit::gemv(static_cast<const kbit::bf16*>(A), packed, absmax, static_cast<const kbit::bf16*>(bias),
-                   static_cast<kbit::bf16*>(out), M, N, K, blocksize, table, num_threads);
-        break;
-    }
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::gemv(static_cast<const T*>(A), packed, absmax, static_cast<const T*>(bias), static_cast<T*>(out), M, N, K,
+                 blocksize, table, num_threads);
+      return KBIT_OK;
+    });
   });
 }
 

@@ -6,13 +6,14 @@
  * memory functions refuse with a message. */
 #include "common/args.h"
 #include "common/host_tables.h"
+#include "cpu/parallel.h"
 #include "numerics/float16.h"
 #include "numerics/optim.h"
 
 namespace kbit {
 namespace {
 
-constexpr int64_t kChunk32 = 16384;  // elements per OpenMP work item of the 32-bit update
+constexpr int64_t kChunk32 = 16384;  // elements per parallel_for work item of the 32-bit update
 
 template <class T, int KIND>
 void update_32bit_range(T* p, const T* g, float* s1, float* s2, float* s3, int64_t begin, int64_t end,
@@ -20,12 +21,12 @@ void update_32bit_range(T* p, const T* g, float* s1, float* s2, float* s3, int64
   const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it
   for (int64_t i = begin; i < end; ++i) {
     float a = s1[i];
-    float b = KIND == kAdam || KIND == kAdemamix ? s2[i] : 0.0f;
-    float c = KIND == kAdemamix ? s3[i] : 0.0f;
+    float b = has_state2(KIND) ? s2[i] : 0.0f;
+    float c = has_state3(KIND) ? s3[i] : 0.0f;
     p[i] = from_float<T>(optim_element(KIND, to_float(p[i]), to_float(g[i]), a, b, c, k));
     s1[i] = a;
-    if (KIND == kAdam || KIND == kAdemamix) s2[i] = b;
-    if (KIND == kAdemamix) s3[i] = c;
+    if (has_state2(KIND)) s2[i] = b;
+    if (has_state3(KIND)) s3[i] = c;
   }
 }
 
@@ -33,11 +34,10 @@ template <class T, int KIND>
 void update_32bit(void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k, int32_t threads) {
   const int64_t chunks = (n + kChunk32 - 1) / kChunk32;
   float* s3 = KIND == kAdemamix ? s1 + n : nullptr;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, threads, [&](int64_t c) {
     const int64_t begin = c * kChunk32, end = begin + kChunk32 < n ? begin + kChunk32 : n;
     update_32bit_range<T, KIND>(static_cast<T*>(p), static_cast<const T*>(g), s1, s2, s3, begin, end, k);
-  }
+  });
 }
 
 /* c ? a : b as a bit blend: GCC turns a plain `p[i] = c ? a : p[i]` into a conditional store, which blocks
@@ -69,8 +69,9 @@ inline void dequantize_codes(const uint8_t* codes, int len, float absmax, const 
   }
 }
 
-/* |x| as int32 bits: they order like the magnitudes (NaN above inf), and signed compares are in SSE2. */
-inline int32_t magnitude_i32(float x) { return static_cast<int32_t>(float_bits(x) & 0x7fffffffu); }
+/* |x| as int32 bits (numerics/absmax.h): they order like the magnitudes (NaN above inf), and signed compares
+ * are in SSE2. */
+inline int32_t magnitude_i32(float x) { return static_cast<int32_t>(magnitude_bits(x)); }
 
 /* Codes of one state of a block. The common case (finite absmax whose inverse is finite) runs a loop free of
  * per-element checks: there quantize_8bit is nearest_code(s * inv) (normalize's multiply branch), the same
@@ -108,7 +109,7 @@ inline void requantize_codes(const float* s, int len, float absmax, float inv, c
 inline float block_absmax(const float* s, int len) {
   int32_t top = 0;
   for (int i = 0; i < len; ++i) top = magnitude_i32(s[i]) > top ? magnitude_i32(s[i]) : top;
-  return canonical_absmax(bits_float(static_cast<uint32_t>(top)));
+  return magnitude_value<float>(static_cast<uint32_t>(top));
 }
 
 /* A state's new absmax, stored, and its inverse for requantization. */
@@ -126,7 +127,7 @@ inline Scale rescale(const float* s, int len, QState q) {
 template <class T, int KIND>
 void update_8bit_block(T* p, const T* g, int len, QState q1, QState q2, QState q3, const OptimScalars& scalars) {
   const OptimScalars k = scalars;  // a local copy: stores through p cannot alias it, so its fields stay in registers
-  constexpr bool two = KIND == kAdam || KIND == kAdemamix, three = KIND == kAdemamix;
+  constexpr bool two = has_state2(KIND), three = has_state3(KIND);
   // local copies: the uint8 code stores may alias anything, so fields read through a reference are reloaded
   // for every element
   const MapView signed_map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
@@ -159,28 +160,18 @@ void update_8bit(void* p_, const void* g_, uint8_t* c1, uint8_t* c2, float* am1,
   T* p = static_cast<T*>(p_);
   const T* g = static_cast<const T*>(g_);
   const int64_t blocks = block_count(n, kOptimBlock);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, threads, [&](int64_t b) {
     const int64_t start = b * kOptimBlock;
     const int len = static_cast<int>(n - start < kOptimBlock ? n - start : kOptimBlock);
     const QState q1{c1 + start, am1 + b};
     const QState q2{c2 == nullptr ? nullptr : c2 + start, am2 == nullptr ? nullptr : am2 + b};
     const QState q3{KIND == kAdemamix ? c1 + n + start : nullptr, KIND == kAdemamix ? am1 + blocks + b : nullptr};
     update_8bit_block<T, KIND>(p + start, g + start, len, q1, q2, q3, k);
-  }
+  });
 }
 
-/* dtype x kind -> one instantiation each (3 x 6 per form): the kind is a compile-time constant on the CPU so
- * each inner loop is straight-line code the compiler can vectorize. */
-template <template <class> class Op, class... Args>
-int dispatch(int32_t dtype, int32_t kind, Args&&... args) {
-  switch (dtype) {
-    case KBIT_F32: return Op<float>::by_kind(kind, args...);
-    case KBIT_F16: return Op<f16>::by_kind(kind, args...);
-    default: return Op<bf16>::by_kind(kind, args...);
-  }
-}
-
+/* kind -> one instantiation each (6 per dtype and form; the dtype is kbit::dispatch's): the kind is a
+ * compile-time constant on the CPU so each inner loop is straight-line code the compiler can vectorize. */
 template <class T>
 struct Run32 {
   static int by_kind(int32_t kind, void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k,
@@ -219,55 +210,36 @@ struct Run8 {
 extern "C" {
 
 KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void* p, const void* g, float* state1,
-                                         float* state2, int64_t n, float lr, float beta1, float beta2, float beta3,
-                                         float alpha, float eps, float weight_decay, float correction1,
-                                         float correction2, float gnorm_scale, int32_t step, void* stream,
+                                         float* state2, int64_t n, const kbit_optim_params* params, void* stream,
                                          int32_t num_threads) {
   return kbit::guarded("kbit_optimizer_update_32bit", [&]() -> int {
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
+    kbit::OptimScalars k;
+    if (int s = kbit::check_optimizer_call(optimizer, dtype, p, g, n, params, state1, state2, nullptr, nullptr,
+                                           false, &k))
+      return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-                                                          correction1, correction2, gnorm_scale, step);
-    return kbit::dispatch<kbit::Run32>(dtype, optimizer, p, g, state1, state2, n, k, num_threads);
+    return kbit::dispatch(dtype, [&](auto tag) {
+      return kbit::Run32<kbit::dtype_t<decltype(tag)>>::by_kind(optimizer, p, g, state1, state2, n, k, num_threads);
+    });
   });
 }
 
 KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dtype, void* p, const void* g,
                                                   uint8_t* state1, uint8_t* state2, float* absmax1, float* absmax2,
-                                                  int64_t n, float lr, float beta1, float beta2, float beta3,
-                                                  float alpha, float eps, float weight_decay, float correction1,
-                                                  float correction2, float gnorm_scale, int32_t step, void* stream,
+                                                  int64_t n, const kbit_optim_params* params, void* stream,
                                                   int32_t num_threads) {
   return kbit::guarded("kbit_optimizer_update_8bit_blockwise", [&]() -> int {
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
+    kbit::OptimScalars k;
+    if (int s = kbit::check_optimizer_call(optimizer, dtype, p, g, n, params, state1, state2, absmax1, absmax2, true,
+                                           &k))
+      return s;
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     if (n == 0) return KBIT_OK;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-                                                          correction1, correction2, gnorm_scale, step);
-    return kbit::dispatch<kbit::Run8>(dtype, optimizer, p, g, state1, state2, absmax1, absmax2, n, k, num_threads);
-  });
-}
-
-KBIT_API int kbit_managed_alloc(void** out, int64_t bytes) {
-  return kbit::guarded("kbit_managed_alloc", [&]() -> int {
-    if (out != nullptr) *out = nullptr;
-    return kbit::fail(KBIT_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "kbit_managed_alloc",
-                      "paged optimizer states live in CUDA managed memory, which needs a CUDA library "
-                      "(libkbit_cuda<NNN>); %lld bytes were requested from the CPU library",
-                      static_cast<long long>(bytes));
-  });
-}
-
-KBIT_API int kbit_managed_free(void* ptr) {
-  return kbit::guarded("kbit_managed_free", [&]() -> int {
-    KBIT_CHECK(ptr == nullptr, KBIT_ERR_INVALID_ARGUMENT,
-               "the CPU library never allocates managed memory, so it cannot free %p; free it with the CUDA "
-               "library that allocated it", ptr);
-    return KBIT_OK;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      return kbit::Run8<kbit::dtype_t<decltype(tag)>>::by_kind(optimizer, p, g, state1, state2, absmax1, absmax2, n, k,
+                                                               num_threads);
+    });
   });
 }
 

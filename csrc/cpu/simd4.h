@@ -2,7 +2,7 @@
  * Owns: which copy of a hot loop runs (the x86-64 baseline, or AVX2 when the CPU and OS have it and
  * KBIT_CPU_BASELINE is not "1"), and the AVX2 lookup of a block's 16 dequantized values. Every AVX2 routine here
  * performs the same IEEE operations (or the same table lookups) as the portable loop it replaces, so results are
- * identical bit for bit; tests/test_blockwise4.py compares the two paths. No build flag above the baseline is
+ * identical bit for bit; tests/ops/test_blockwise4.py compares the two paths. No build flag above the baseline is
  * used: AVX2 code is compiled per function with a target attribute (GCC and Clang on x86-64 only). */
 #pragma once
 
@@ -21,6 +21,17 @@
 #endif
 
 namespace kbit {
+
+/* Outputs of at least this many bytes are written past the cache (non-temporal stores). */
+constexpr int64_t kStreamingBytes = int64_t{16} << 20;
+
+/* The one decision to stream a dequantized output of `bytes` bytes at `out` past the cache: x86 (SSE2 stores),
+ * large enough that reading the destination into the cache first would cost more than it saves, and 32-byte
+ * aligned (blocks start at multiples of 32 elements, so every block's start stays aligned). The stores write the
+ * same bits as plain ones. */
+inline bool stream_past_cache(const void* out, int64_t bytes) {
+  return KBIT_X86_DISPATCH && bytes >= kStreamingBytes && reinterpret_cast<uintptr_t>(out) % 32 == 0;
+}
 
 #if KBIT_X86_DISPATCH
 /* Whether the AVX2 copies run: the CPU (and OS) support AVX2 and KBIT_CPU_BASELINE is not "1". Read once. */

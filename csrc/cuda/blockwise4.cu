@@ -4,7 +4,7 @@
  * gives the CPU's bits. */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_pointer.h"
+#include "cuda/common.cuh"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
 
@@ -17,20 +17,6 @@ __constant__ float c_fp4[16] = KBIT_FP4_VALUES;
 constexpr int kMaxThreads = 256;
 constexpr int kDequantThreads = 256;
 
-/* Max of every thread's value, returned to every thread (blockDim is a multiple of 32). */
-__device__ uint32_t block_max(uint32_t m, uint32_t* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const uint32_t other = __shfl_xor_sync(0xffffffffu, m, offset);
-    m = other > m ? other : m;
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) scratch[warp] = m;
-  __syncthreads();
-  m = 0;
-  for (int w = 0; w < warps; ++w) m = scratch[w] > m ? scratch[w] : m;
-  return m;
-}
-
 /* One thread block per quantization block; each thread writes whole bytes (pairs of elements). */
 template <int32_t Q, class T>
 __global__ void quantize4_kernel(const T* __restrict__ in, float* __restrict__ absmax, uint8_t* __restrict__ out,
@@ -40,10 +26,10 @@ __global__ void quantize4_kernel(const T* __restrict__ in, float* __restrict__ a
   const int len = static_cast<int>(n - start < bs ? n - start : bs);
   uint32_t m = 0;
   for (int i = threadIdx.x; i < len; i += blockDim.x) {
-    const uint32_t a = abs_bits(to_float(in[start + i]));
+    const uint32_t a = magnitude_bits(to_float(in[start + i]));
     m = a > m ? a : m;
   }
-  const float scale = absmax_from_bits(block_max(m, s_scratch));
+  const float scale = magnitude_value<float>(block_max_bits(m, s_scratch));
   if (threadIdx.x == 0) absmax[blockIdx.x] = scale;
   const int pairs = (len + 1) / 2;
   uint8_t* dst = out + start / 2;
@@ -99,18 +85,11 @@ template <class T>
 int launch_dequantize4(int32_t quant_type, const uint8_t* packed, const float* absmax, void* out, int64_t n,
                        int32_t bs, cudaStream_t stream) {
   const int64_t bytes = (n + 1) / 2;
-  const int64_t wanted = (bytes + kDequantThreads * 4 - 1) / (kDequantThreads * 4);
-  const unsigned grid = static_cast<unsigned>(wanted < 65535 * 8 ? wanted : 65535 * 8);
+  const unsigned grid = grid_for(bytes, kDequantThreads * 4, 65535 * 8);
   dequantize4_kernel<T><<<grid, kDequantThreads, 0, stream>>>(packed, absmax, static_cast<T*>(out), n, log2_pow2(bs),
                                                               quant_type);
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
-}
-
-int check_three(const void* a, const char* an, const void* b, const char* bn, const void* c, const char* cn) {
-  if (int s = check_device_memory(a, an)) return s;
-  if (int s = check_device_memory(b, bn)) return s;
-  return check_device_memory(c, cn);
 }
 
 }  // namespace
@@ -123,13 +102,12 @@ KBIT_API int kbit_quantize_4bit(int32_t dtype, int32_t quant_type, const void* A
   return kbit::guarded("kbit_quantize_4bit", [&]() -> int {
     if (int s = kbit::check_blockwise_4bit(dtype, quant_type, A, absmax, packed, n, blocksize)) return s;
     if (n == 0) return KBIT_OK;
-    if (int s = kbit::check_three(A, "A", absmax, "absmax", packed, "packed")) return s;
+    if (int s = kbit::check_device_pointers({{A, "A"}, {absmax, "absmax"}, {packed, "packed"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_quantize4<float>(quant_type, A, absmax, packed, n, blocksize, st);
-      case KBIT_F16: return kbit::launch_quantize4<kbit::f16>(quant_type, A, absmax, packed, n, blocksize, st);
-      default: return kbit::launch_quantize4<kbit::bf16>(quant_type, A, absmax, packed, n, blocksize, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_quantize4<T>(quant_type, A, absmax, packed, n, blocksize, st);
+    });
   });
 }
 
@@ -138,13 +116,12 @@ KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8
   return kbit::guarded("kbit_dequantize_4bit", [&]() -> int {
     if (int s = kbit::check_blockwise_4bit(dtype, quant_type, packed, absmax, out, n, blocksize)) return s;
     if (n == 0) return KBIT_OK;
-    if (int s = kbit::check_three(packed, "packed", absmax, "absmax", out, "out")) return s;
+    if (int s = kbit::check_device_pointers({{packed, "packed"}, {absmax, "absmax"}, {out, "out"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_dequantize4<float>(quant_type, packed, absmax, out, n, blocksize, st);
-      case KBIT_F16: return kbit::launch_dequantize4<kbit::f16>(quant_type, packed, absmax, out, n, blocksize, st);
-      default: return kbit::launch_dequantize4<kbit::bf16>(quant_type, packed, absmax, out, n, blocksize, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_dequantize4<T>(quant_type, packed, absmax, out, n, blocksize, st);
+    });
   });
 }
 

@@ -2,31 +2,16 @@
  * the same header the CPU library runs; this file owns the kernels' data movement and launches. */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_pointer.h"
+#include "cuda/common.cuh"
 #include "numerics/blockwise8.h"
-#include "numerics/dynamic_maps.h"
+#include "cuda/device_maps.cuh"
 #include "numerics/float16.h"
 
 namespace kbit {
 namespace {
 
-__constant__ float c_values[256] = KBIT_DYNAMIC_SIGNED_VALUES;
-__constant__ float c_mid_hi[255] = KBIT_DYNAMIC_SIGNED_MID_HI;
-__constant__ float c_mid_lo[255] = KBIT_DYNAMIC_SIGNED_MID_LO;
-
 constexpr int kMaxThreads = 256;
 constexpr int kDequantPerThread = 4;
-
-/* NaN-propagating absmax of the whole thread block, returned to every thread. */
-__device__ float block_absmax(float m, float* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) m = absmax_step(m, __shfl_xor_sync(0xffffffffu, m, offset));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) scratch[warp] = m;
-  __syncthreads();
-  m = 0.0f;
-  for (int w = 0; w < warps; ++w) m = absmax_step(m, scratch[w]);
-  return m;
-}
 
 /* One thread block per quantization block (blockDim = min(blocksize, 256), a multiple of 32). */
 template <class T>
@@ -34,17 +19,17 @@ __global__ void quantize_kernel(const T* __restrict__ in, float* __restrict__ ab
                                 int64_t n, int32_t bs) {
   __shared__ float s_hi[255], s_lo[255], s_scratch[kMaxThreads / 32];
   for (int i = threadIdx.x; i < 255; i += blockDim.x) {
-    s_hi[i] = c_mid_hi[i];
-    s_lo[i] = c_mid_lo[i];
+    s_hi[i] = c_signed_mid_hi[i];
+    s_lo[i] = c_signed_mid_lo[i];
   }
   const int64_t start = static_cast<int64_t>(blockIdx.x) * bs;
   const int len = static_cast<int>(n - start < bs ? n - start : bs);
   float m = 0.0f;
   for (int i = threadIdx.x; i < len; i += blockDim.x) m = absmax_step(m, to_float(in[start + i]));
-  m = canonical_absmax(block_absmax(m, s_scratch));  // its __syncthreads also publishes s_hi / s_lo
+  m = block_absmax(m, s_scratch);  // its __syncthreads also publishes s_hi / s_lo
   if (threadIdx.x == 0) absmax[blockIdx.x] = m;
   const float inv = inverse_absmax(m);
-  const MapView map{c_values, s_hi, s_lo};
+  const MapView map{c_signed_values, s_hi, s_lo};
   for (int i = threadIdx.x; i < len; i += blockDim.x) out[start + i] = quantize_8bit(to_float(in[start + i]), m, inv, map);
 }
 
@@ -52,17 +37,11 @@ template <class T>
 __global__ void dequantize_kernel(const uint8_t* __restrict__ codes, const float* __restrict__ absmax,
                                   T* __restrict__ out, int64_t n, int32_t log2_bs) {
   __shared__ float s_values[256];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) s_values[i] = c_values[i];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) s_values[i] = c_signed_values[i];
   __syncthreads();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     out[i] = from_float<T>(dequantize_8bit(codes[i], absmax[i >> log2_bs], s_values));
-}
-
-int check_pointers(const void* a, const char* an, const void* b, const char* bn, const void* c, const char* cn) {
-  if (int s = check_device_memory(a, an)) return s;
-  if (int s = check_device_memory(b, bn)) return s;
-  return check_device_memory(c, cn);
 }
 
 template <class T>
@@ -78,8 +57,7 @@ int launch_quantize(const void* A, float* absmax, uint8_t* out, int64_t n, int32
 
 template <class T>
 int launch_dequantize(const uint8_t* codes, const float* absmax, void* out, int64_t n, int32_t bs, cudaStream_t stream) {
-  const int64_t wanted = (n + kMaxThreads * kDequantPerThread - 1) / (kMaxThreads * kDequantPerThread);
-  const unsigned grid = static_cast<unsigned>(wanted < 65535 * 8 ? wanted : 65535 * 8);
+  const unsigned grid = grid_for(n, kMaxThreads * kDequantPerThread, 65535 * 8);
   dequantize_kernel<T><<<grid, kMaxThreads, 0, stream>>>(codes, absmax, static_cast<T*>(out), n, log2_pow2(bs));
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
@@ -95,13 +73,12 @@ KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* a
   return kbit::guarded("kbit_quantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, A, absmax, out, n, blocksize)) return s;
     if (n == 0) return KBIT_OK;
-    if (int s = kbit::check_pointers(A, "A", absmax, "absmax", out, "out")) return s;
+    if (int s = kbit::check_device_pointers({{A, "A"}, {absmax, "absmax"}, {out, "out"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_quantize<float>(A, absmax, out, n, blocksize, st);
-      case KBIT_F16: return kbit::launch_quantize<kbit::f16>(A, absmax, out, n, blocksize, st);
-      default: return kbit::launch_quantize<kbit::bf16>(A, absmax, out, n, blocksize, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_quantize<T>(A, absmax, out, n, blocksize, st);
+    });
   });
 }
 
@@ -110,13 +87,12 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
   return kbit::guarded("kbit_dequantize_blockwise_8bit", [&]() -> int {
     if (int s = kbit::check_blockwise_8bit(dtype, codes, absmax, out, n, blocksize)) return s;
     if (n == 0) return KBIT_OK;
-    if (int s = kbit::check_pointers(codes, "codes", absmax, "absmax", out, "out")) return s;
+    if (int s = kbit::check_device_pointers({{codes, "codes"}, {absmax, "absmax"}, {out, "out"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_dequantize<float>(codes, absmax, out, n, blocksize, st);
-      case KBIT_F16: return kbit::launch_dequantize<kbit::f16>(codes, absmax, out, n, blocksize, st);
-      default: return kbit::launch_dequantize<kbit::bf16>(codes, absmax, out, n, blocksize, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_dequantize<T>(codes, absmax, out, n, blocksize, st);
+    });
   });
 }
 

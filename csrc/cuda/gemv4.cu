@@ -3,7 +3,7 @@
  * the warp's xor butterfly combines the lanes, which is the order the CPU library reproduces. */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_pointer.h"
+#include "cuda/common.cuh"
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
 
@@ -79,11 +79,10 @@ KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, co
     auto st = static_cast<cudaStream_t>(stream);
     const int64_t M = rows, N = out_features, K = in_features;
     const int32_t qt = quant_type, bs = blocksize;
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch_gemv4<float>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
-      case KBIT_F16: return kbit::launch_gemv4<kbit::f16>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
-      default: return kbit::launch_gemv4<kbit::bf16>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch_gemv4<T>(qt, A, packed, absmax, bias, out, M, N, K, bs, st);
+    });
   });
 }
 

@@ -4,25 +4,16 @@
  * the memory traffic. Pointers may be device or managed memory (paged optimizers). */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
-#include "cuda/device_pointer.h"
-#include "numerics/dynamic_maps.h"
+#include "cuda/common.cuh"
+#include "cuda/device_maps.cuh"
 #include "numerics/float16.h"
 #include "numerics/optim.h"
 
 namespace kbit {
 namespace {
 
-__constant__ float c_opt_signed_values[256] = KBIT_DYNAMIC_SIGNED_VALUES;
-__constant__ float c_opt_signed_mid_hi[255] = KBIT_DYNAMIC_SIGNED_MID_HI;
-__constant__ float c_opt_signed_mid_lo[255] = KBIT_DYNAMIC_SIGNED_MID_LO;
-__constant__ float c_opt_unsigned_values[256] = KBIT_DYNAMIC_UNSIGNED_VALUES;
-__constant__ float c_opt_unsigned_mid_hi[255] = KBIT_DYNAMIC_UNSIGNED_MID_HI;
-__constant__ float c_opt_unsigned_mid_lo[255] = KBIT_DYNAMIC_UNSIGNED_MID_LO;
-
 constexpr int kThreads32 = 256;
 constexpr int kMaxGrid = 4096;
-
-__device__ bool has_state2(int32_t kind) { return kind == kAdam || kind == kAdemamix; }
 
 template <class T>
 __global__ void optim32_kernel(int32_t kind, T* __restrict__ p, const T* __restrict__ g, float* __restrict__ s1,
@@ -32,34 +23,23 @@ __global__ void optim32_kernel(int32_t kind, T* __restrict__ p, const T* __restr
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     float a = s1[i];
     float b = has_state2(kind) ? s2[i] : 0.0f;
-    float c = kind == kAdemamix ? s3[i] : 0.0f;
+    float c = has_state3(kind) ? s3[i] : 0.0f;
     p[i] = from_float<T>(optim_element(kind, to_float(p[i]), to_float(g[i]), a, b, c, k));
     s1[i] = a;
     if (has_state2(kind)) s2[i] = b;
-    if (kind == kAdemamix) s3[i] = c;
+    if (has_state3(kind)) s3[i] = c;
   }
-}
-
-/* NaN-propagating max over the thread block (kOptimBlock threads), returned to every thread; a NaN is the
- * canonical one, so the stored absmax has the CPU's bits. */
-__device__ float block_max(float m, float* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) m = absmax_step(m, __shfl_xor_sync(0xffffffffu, m, offset));
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = m;
-  __syncthreads();
-  m = 0.0f;
-  for (int w = 0; w < kOptimBlock / 32; ++w) m = absmax_step(m, scratch[w]);
-  return canonical_absmax(m);
 }
 
 __device__ void stage_maps(float* sv, float* shi, float* slo, float* uv, float* uhi, float* ulo) {
   for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    sv[i] = c_opt_signed_values[i];
-    uv[i] = c_opt_unsigned_values[i];
+    sv[i] = c_signed_values[i];
+    uv[i] = c_unsigned_values[i];
     if (i < 255) {
-      shi[i] = c_opt_signed_mid_hi[i];
-      slo[i] = c_opt_signed_mid_lo[i];
-      uhi[i] = c_opt_unsigned_mid_hi[i];
-      ulo[i] = c_opt_unsigned_mid_lo[i];
+      shi[i] = c_signed_mid_hi[i];
+      slo[i] = c_signed_mid_lo[i];
+      uhi[i] = c_unsigned_mid_hi[i];
+      ulo[i] = c_unsigned_mid_lo[i];
     }
   }
   __syncthreads();
@@ -74,7 +54,7 @@ __global__ void __launch_bounds__(kOptimBlock) optim8_kernel(int32_t kind, T* __
   __shared__ float scratch[3][kOptimBlock / 32];
   stage_maps(sv, shi, slo, uv, uhi, ulo);
   const MapView smap{sv, shi, slo}, umap{uv, uhi, ulo};
-  const bool two = has_state2(kind), three = kind == kAdemamix;
+  const bool two = has_state2(kind), three = has_state3(kind);
   const int64_t blocks = (n + kOptimBlock - 1) / kOptimBlock;
   uint8_t* c3 = c1 + n;
   float* am3 = am1 + blocks;
@@ -93,9 +73,9 @@ __global__ void __launch_bounds__(kOptimBlock) optim8_kernel(int32_t kind, T* __
         s1 = s2 = s3 = 0.0f;
       }
     }
-    const float m1 = block_max(absmax_step(0.0f, s1), scratch[0]);
-    const float m2 = two ? block_max(absmax_step(0.0f, s2), scratch[1]) : 0.0f;
-    const float m3 = three ? block_max(absmax_step(0.0f, s3), scratch[2]) : 0.0f;
+    const float m1 = block_absmax(absmax_step(0.0f, s1), scratch[0]);
+    const float m2 = two ? block_absmax(absmax_step(0.0f, s2), scratch[1]) : 0.0f;
+    const float m3 = three ? block_absmax(absmax_step(0.0f, s3), scratch[2]) : 0.0f;
     if (threadIdx.x == 0) {
       am1[b] = m1;
       if (two) am2[b] = m2;
@@ -110,24 +90,10 @@ __global__ void __launch_bounds__(kOptimBlock) optim8_kernel(int32_t kind, T* __
   }
 }
 
-/* Device or managed memory of the current device (absent optional states were checked by the argument checks). */
-int check_optim_pointer(const void* ptr, const char* name) { return ptr == nullptr ? KBIT_OK : check_device_memory(ptr, name); }
-
-int check_optim_pointers(const void* const* ptrs, const char* const* names, int count) {
-  for (int i = 0; i < count; ++i)
-    if (int s = check_optim_pointer(ptrs[i], names[i])) return s;
-  return KBIT_OK;
-}
-
-unsigned grid_for(int64_t work_items, int per_block) {
-  const int64_t wanted = (work_items + per_block - 1) / per_block;
-  return static_cast<unsigned>(wanted < kMaxGrid ? wanted : kMaxGrid);
-}
-
 template <class T>
 int launch32(int32_t kind, void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k,
              cudaStream_t stream) {
-  optim32_kernel<T><<<grid_for(n, kThreads32), kThreads32, 0, stream>>>(kind, static_cast<T*>(p),
+  optim32_kernel<T><<<grid_for(n, kThreads32, kMaxGrid), kThreads32, 0, stream>>>(kind, static_cast<T*>(p),
                                                                         static_cast<const T*>(g), s1, s2, n, k);
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
@@ -136,7 +102,7 @@ int launch32(int32_t kind, void* p, const void* g, float* s1, float* s2, int64_t
 template <class T>
 int launch8(int32_t kind, void* p, const void* g, uint8_t* c1, uint8_t* c2, float* a1, float* a2, int64_t n,
             const OptimScalars& k, cudaStream_t stream) {
-  optim8_kernel<T><<<grid_for(n, kOptimBlock), kOptimBlock, 0, stream>>>(
+  optim8_kernel<T><<<grid_for(n, kOptimBlock, kMaxGrid), kOptimBlock, 0, stream>>>(
       kind, static_cast<T*>(p), static_cast<const T*>(g), c1, c2, a1, a2, n, k);
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
@@ -148,53 +114,41 @@ int launch8(int32_t kind, void* p, const void* g, uint8_t* c1, uint8_t* c2, floa
 extern "C" {
 
 KBIT_API int kbit_optimizer_update_32bit(int32_t optimizer, int32_t dtype, void* p, const void* g, float* state1,
-                                         float* state2, int64_t n, float lr, float beta1, float beta2, float beta3,
-                                         float alpha, float eps, float weight_decay, float correction1,
-                                         float correction2, float gnorm_scale, int32_t step, void* stream,
+                                         float* state2, int64_t n, const kbit_optim_params* params, void* stream,
                                          int32_t /*num_threads*/) {
   return kbit::guarded("kbit_optimizer_update_32bit", [&]() -> int {
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
+    kbit::OptimScalars k;
+    if (int s = kbit::check_optimizer_call(optimizer, dtype, p, g, n, params, state1, state2, nullptr, nullptr,
+                                           false, &k))
+      return s;
     if (n == 0) return KBIT_OK;
-    const void* ptrs[] = {p, g, state1, state2};
-    const char* names[] = {"p", "g", "state1", "state2"};
-    if (int s = kbit::check_optim_pointers(ptrs, names, 4)) return s;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-                                                          correction1, correction2, gnorm_scale, step);
+    if (int s = kbit::check_device_pointers({{p, "p"}, {g, "g"}, {state1, "state1"}, {state2, "state2"}})) return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32: return kbit::launch32<float>(optimizer, p, g, state1, state2, n, k, st);
-      case KBIT_F16: return kbit::launch32<kbit::f16>(optimizer, p, g, state1, state2, n, k, st);
-      default: return kbit::launch32<kbit::bf16>(optimizer, p, g, state1, state2, n, k, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch32<T>(optimizer, p, g, state1, state2, n, k, st);
+    });
   });
 }
 
 KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dtype, void* p, const void* g,
                                                   uint8_t* state1, uint8_t* state2, float* absmax1, float* absmax2,
-                                                  int64_t n, float lr, float beta1, float beta2, float beta3,
-                                                  float alpha, float eps, float weight_decay, float correction1,
-                                                  float correction2, float gnorm_scale, int32_t step, void* stream,
+                                                  int64_t n, const kbit_optim_params* params, void* stream,
                                                   int32_t /*num_threads*/) {
   return kbit::guarded("kbit_optimizer_update_8bit_blockwise", [&]() -> int {
-    if (int s = kbit::check_optimizer(optimizer, dtype, p, g, n, step, correction1, correction2)) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, state1, state2, "state")) return s;
-    if (int s = kbit::check_optimizer_states(optimizer, n, absmax1, absmax2, "absmax")) return s;
+    kbit::OptimScalars k;
+    if (int s = kbit::check_optimizer_call(optimizer, dtype, p, g, n, params, state1, state2, absmax1, absmax2, true,
+                                           &k))
+      return s;
     if (n == 0) return KBIT_OK;
-    const void* ptrs[] = {p, g, state1, state2, absmax1, absmax2};
-    const char* names[] = {"p", "g", "state1", "state2", "absmax1", "absmax2"};
-    if (int s = kbit::check_optim_pointers(ptrs, names, 6)) return s;
-    const kbit::OptimScalars k = kbit::make_optim_scalars(lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-                                                          correction1, correction2, gnorm_scale, step);
+    if (int s = kbit::check_device_pointers(
+            {{p, "p"}, {g, "g"}, {state1, "state1"}, {state2, "state2"}, {absmax1, "absmax1"}, {absmax2, "absmax2"}}))
+      return s;
     auto st = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-      case KBIT_F32:
-        return kbit::launch8<float>(optimizer, p, g, state1, state2, absmax1, absmax2, n, k, st);
-      case KBIT_F16:
-        return kbit::launch8<kbit::f16>(optimizer, p, g, state1, state2, absmax1, absmax2, n, k, st);
-      default:
-        return kbit::launch8<kbit::bf16>(optimizer, p, g, state1, state2, absmax1, absmax2, n, k, st);
-    }
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      return kbit::launch8<T>(optimizer, p, g, state1, state2, absmax1, absmax2, n, k, st);
+    });
   });
 }
 

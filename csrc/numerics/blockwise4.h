@@ -2,10 +2,8 @@
  * written once for CPU and CUDA.
  *
  * Definitions (bitsandbytes' format; ../shared/reference/numerics.md):
- *  - absmax[b] = max |x| over block b (float32, unscaled). It is found as the largest |x| bit pattern, which
- *    orders non-negative floats like their values and puts NaN above inf, so the result does not depend on the
- *    order of the reduction (identical on every thread count and on the GPU). A NaN absmax is stored as the
- *    canonical quiet NaN 0x7fc00000.
+ *  - absmax[b] = max |x| over block b (float32, unscaled), by numerics/absmax.h's rule (the largest magnitude
+ *    bit pattern, NaN-propagating, a NaN stored as the canonical quiet NaN 0x7fc00000).
  *  - Normalisation as in the 8-bit path (blockwise8.h): inv = 1 / absmax once per block, x * inv per element;
  *    absmax == 0 gives inv = 0 (the block dequantizes to exact zeros); a subnormal absmax whose inverse
  *    overflows divides instead.
@@ -42,20 +40,10 @@
 #include "numerics/blockwise8.h"
 #include "numerics/float16.h"
 #include "numerics/host_device.h"
+#include "numerics/quant4_tables.h" /* KBIT_NF4_VALUES, KBIT_FP4_VALUES and the thresholds (ci/gen_numerics.py) */
 
 namespace kbit {
 
-/* Table initializers, indexed by code: bitsandbytes' NF4 values as published, and FP4's
- * [0, 0.0625, 8, 12, 4, 6, 2, 3] / 12 in float32 with the sign in bit 3 (code 0b1000 is -0.0). */
-#define KBIT_NF4_VALUES {                                                                          \
-  -0x1p+0f, -0x1.647362p-1f, -0x1.0cd66p-1f, -0x1.94654p-2f, -0x1.23449ap-2f, -0x1.7a6a7ep-3f,     \
-  -0x1.74f0e2p-4f, 0.0f, 0x1.45f5fep-4f, 0x1.4995c6p-3f, 0x1.f809bap-3f, 0x1.5a0674p-2f,           \
-  0x1.c3497p-2f, 0x1.200f56p-1f, 0x1.722766p-1f, 0x1p+0f }
-#define KBIT_FP4_VALUES {                                                                          \
-  0.0f, 0x1.555556p-8f, 0x1.555556p-1f, 0x1p+0f, 0x1.555556p-2f, 0x1p-1f, 0x1.555556p-3f, 0x1p-2f, \
-  -0.0f, -0x1.555556p-8f, -0x1.555556p-1f, -0x1p+0f, -0x1.555556p-2f, -0x1p-1f, -0x1.555556p-3f, -0x1p-2f }
-
-constexpr uint32_t kCanonicalNaNBits = 0x7fc00000u;
 constexpr uint8_t kNf4ZeroCode = 7;  // the code of 0.0, also the padding nibble
 constexpr uint8_t kFp4ZeroCode = 0;
 constexpr int kGemvLanes = 32;
@@ -63,35 +51,15 @@ constexpr int kGemvLanes = 32;
 /* The code of 0.0 for a quant type (KBIT_NF4 or KBIT_FP4). */
 KBIT_HD uint8_t zero_code_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4ZeroCode : kNf4ZeroCode; }
 
-/* |x| as bits: monotonic in |x| for non-negative floats, NaN above inf; max of these is an order-free absmax. */
-KBIT_HD uint32_t abs_bits(float x) { return float_bits(x) & 0x7fffffffu; }
-
-/* The absmax a block stores, from its largest abs_bits: the value, or the canonical NaN. */
-KBIT_HD float absmax_from_bits(uint32_t bits) {
-  return bits > 0x7f800000u ? bits_float(kCanonicalNaNBits) : bits_float(bits);
-}
-
 /* -1 when x > t, else 0: a compare mask, summed with subtraction (vectorizers keep it in the compare's lanes). */
 KBIT_HD int32_t above_mask(float x, float t) { return -static_cast<int32_t>(x > t); }
 
 /* NF4: the number of exact midpoints x lies above (15 branch-free compares). Ties go to the lower code. */
 KBIT_HD uint32_t nf4_code(float x) {
   int32_t c = 0;
-  c -= above_mask(x, -0x1.b239b2p-1f);
-  c -= above_mask(x, -0x1.38a4e2p-1f);
-  c -= above_mask(x, -0x1.d709p-2f);
-  c -= above_mask(x, -0x1.5bd4eep-2f);
-  c -= above_mask(x, -0x1.e079dap-3f);
-  c -= above_mask(x, -0x1.1a7178p-3f);
-  c -= above_mask(x, -0x1.74f0e2p-5f);
-  c -= above_mask(x, 0x1.45f5fep-5f);
-  c -= above_mask(x, 0x1.ec90c4p-4f);
-  c -= above_mask(x, 0x1.a0cfcp-3f);
-  c -= above_mask(x, 0x1.2b05a8p-2f);
-  c -= above_mask(x, 0x1.8ea7f2p-2f);
-  c -= above_mask(x, 0x1.00da06p-1f);
-  c -= above_mask(x, 0x1.491b5ep-1f);
-  c -= above_mask(x, 0x1.b913b2p-1f);
+#define KBIT_NF4_STEP(t) c -= above_mask(x, t);
+  KBIT_NF4_THRESHOLDS(KBIT_NF4_STEP)
+#undef KBIT_NF4_STEP
   return static_cast<uint32_t>(c);
 }
 
@@ -101,13 +69,9 @@ KBIT_HD uint32_t nf4_code(float x) {
 KBIT_HD uint32_t fp4_code(float x) {
   const float a = x < 0.0f ? -x : x;
   int32_t r = 0;
-  r -= above_mask(a, 0x1.555556p-9f);
-  r -= above_mask(a, 0x1.6p-4f);
-  r -= above_mask(a, 0x1.aaaaaap-3f);
-  r -= above_mask(a, 0x1.2aaaaap-2f);
-  r -= above_mask(a, 0x1.aaaaaap-2f);
-  r -= above_mask(a, 0x1.2aaaaap-1f);
-  r -= above_mask(a, 0x1.aaaaaap-1f);
+#define KBIT_FP4_STEP(t) r -= above_mask(a, t);
+  KBIT_FP4_MAGNITUDE_THRESHOLDS(KBIT_FP4_STEP)
+#undef KBIT_FP4_STEP
   const uint32_t rank = static_cast<uint32_t>(r);
   return (rank ^ ((rank & 2u) << 1)) | (x < 0.0f ? 8u : 0u);
 }
@@ -128,7 +92,7 @@ KBIT_HD uint32_t nibble_at(const uint8_t* packed, int64_t i) {
 
 /* Dequantized value in float32; a non-finite block's values are one canonical quiet NaN. */
 KBIT_HD float dequantize_4bit_value(uint32_t code, float absmax, const float* table) {
-  return is_finite_scale(absmax) ? table[code] * absmax : bits_float(kCanonicalNaNBits);
+  return is_finite_scale(absmax) ? table[code] * absmax : canonical_nan();
 }
 
 /* One gemv term: the lane's running sum plus A's value times the dequantized weight. */

@@ -18,6 +18,7 @@
 
 #include <stdint.h>
 
+#include "numerics/absmax.h" /* the absmax rule and its canonical NaN */
 #include "numerics/float16.h"
 #include "numerics/host_device.h"
 
@@ -37,33 +38,6 @@ struct MapView {
   const uint8_t* buckets = nullptr;
   const float* above = nullptr;
 };
-
-/* |x| as ordered bits: for non-negative numbers of one format the unsigned order of the bit patterns is the
- * value order, and every NaN pattern orders above inf. The maximum of these bits over a block is therefore
- * the bit pattern of the NaN-propagating absmax, and an integer maximum vectorizes where a float one cannot
- * (the compiler may not reorder float max reductions). */
-KBIT_HD uint32_t magnitude_bits(float v) { return float_bits(v) & 0x7FFFFFFFu; }
-KBIT_HD uint32_t magnitude_bits(f16 v) { return v.bits & 0x7FFFu; }
-KBIT_HD uint32_t magnitude_bits(bf16 v) { return v.bits & 0x7FFFu; }
-
-/* The absmax a block reports: any NaN becomes the canonical quiet NaN, so CPU and GPU store the same bits
- * whichever NaN they met first. */
-KBIT_HD float canonical_absmax(float m) { return m != m ? bits_float(0x7fc00000u) : m; }
-
-template <class T>
-KBIT_HD float magnitude_value(uint32_t bits) {
-  T v;
-  v.bits = static_cast<uint16_t>(bits);
-  return canonical_absmax(to_float(v));
-}
-template <>
-KBIT_HD float magnitude_value<float>(uint32_t bits) { return canonical_absmax(bits_float(bits)); }
-
-/* One step of a NaN-propagating max of |x|. */
-KBIT_HD float absmax_step(float m, float x) {
-  const float a = x < 0.0f ? -x : x;
-  return (a > m || a != a) ? a : m;
-}
 
 KBIT_HD bool is_finite_scale(float absmax) { return absmax <= kFloatMax; }
 
@@ -116,7 +90,7 @@ KBIT_HD uint8_t quantize_8bit(float x, float absmax, float inv, const MapView& m
 
 /* A non-finite block's values are one canonical quiet NaN (0 * inf would give a sign that differs by CPU). */
 KBIT_HD float dequantize_8bit(uint8_t code, float absmax, const float* values) {
-  return is_finite_scale(absmax) ? values[code] * absmax : bits_float(0x7fc00000u);
+  return is_finite_scale(absmax) ? values[code] * absmax : canonical_nan();
 }
 
 }  // namespace kbit

@@ -33,6 +33,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kbit.h" /* kbit_optimizer, kbit_optim_params, KBIT_OPTIM_BLOCKSIZE */
 #include "numerics/blockwise8.h"
 #include "numerics/float16.h"
 #include "numerics/host_device.h"
@@ -40,13 +41,27 @@
 namespace kbit {
 
 /* The quant block of the 8-bit optimizer states (bitsandbytes' blockwise optimizers use 256). */
-constexpr int kOptimBlock = 256;
+constexpr int kOptimBlock = KBIT_OPTIM_BLOCKSIZE;
 
-/* Optimizer kinds: the values of bitsandbytes' Optimizer_t (3, LARS, is not provided). */
-enum OptimKind : int32_t { kAdam = 0, kMomentum = 1, kRmsprop = 2, kAdagrad = 4, kLion = 5, kAdemamix = 6 };
+/* Short names of kbit.h's kbit_optimizer values (the numbers live there only). */
+enum OptimKind : int32_t {
+  kAdam = KBIT_OPTIM_ADAM,
+  kMomentum = KBIT_OPTIM_MOMENTUM,
+  kRmsprop = KBIT_OPTIM_RMSPROP,
+  kAdagrad = KBIT_OPTIM_ADAGRAD,
+  kLion = KBIT_OPTIM_LION,
+  kAdemamix = KBIT_OPTIM_ADEMAMIX
+};
 
-/* How many states a kind keeps (AdEMAMix's third state is stored after state 1: state1 has 2n elements). */
-KBIT_HD int state_count(int32_t k) { return k == kAdam ? 2 : k == kAdemamix ? 3 : 1; }
+KBIT_HD bool is_optim_kind(int32_t k) {
+  return k == kAdam || k == kMomentum || k == kRmsprop || k == kAdagrad || k == kLion || k == kAdemamix;
+}
+
+/* How many states a kind keeps: the one statement of the "two states" rule (kbit.h, kbit_optimizer). AdEMAMix's
+ * third state is stored after state 1 (state1 has 2n elements), so state2 exists for state_count >= 2. */
+KBIT_HD constexpr int state_count(int32_t k) { return k == kAdam ? 2 : k == kAdemamix ? 3 : 1; }
+KBIT_HD constexpr bool has_state2(int32_t k) { return state_count(k) >= 2; }
+KBIT_HD constexpr bool has_state3(int32_t k) { return state_count(k) >= 3; }
 
 /* The scalars of one update step, derived once per call on the host (make_optim_scalars). */
 struct OptimScalars {
@@ -59,16 +74,14 @@ struct OptimScalars {
   int32_t step;       // t, 1-based
 };
 
-inline OptimScalars make_optim_scalars(float lr, float beta1, float beta2, float beta3, float alpha, float eps,
-                                       float weight_decay, float correction1, float correction2, float gnorm_scale,
-                                       int32_t step) {
+inline OptimScalars make_optim_scalars(const kbit_optim_params& a) {
   OptimScalars k{};
-  k.lr = lr; k.beta1 = beta1; k.beta2 = beta2; k.beta3 = beta3; k.alpha = alpha; k.eps = eps;
-  k.weight_decay = weight_decay; k.gnorm_scale = gnorm_scale; k.correction1 = correction1;
-  k.correction2 = correction2; k.step = step;
-  k.step_size = -lr * correction2 / correction1;
-  k.eps_hat = eps * correction2;
-  k.decay = 1.0f - lr * weight_decay;
+  k.lr = a.lr; k.beta1 = a.beta1; k.beta2 = a.beta2; k.beta3 = a.beta3; k.alpha = a.alpha; k.eps = a.eps;
+  k.weight_decay = a.weight_decay; k.gnorm_scale = a.gnorm_scale; k.correction1 = a.correction1;
+  k.correction2 = a.correction2; k.step = a.step;
+  k.step_size = -a.lr * a.correction2 / a.correction1;
+  k.eps_hat = a.eps * a.correction2;
+  k.decay = 1.0f - a.lr * a.weight_decay;
   return k;
 }
 

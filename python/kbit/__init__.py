@@ -4,12 +4,31 @@ Importing kbit loads no native library and asks no driver anything; the first na
 kbit._runtime). `python -m kbit` or `kbit.show_config()` shows what kbit sees, chose and why.
 """
 from kbit import functional, nn, optim
+from kbit._errors import (
+    AbiMismatchError,
+    ArchNotCoveredError,
+    BackendUnavailableError,
+    BadOverrideError,
+    CudaError,
+    CudaVersionMismatchError,
+    DriverNotFoundError,
+    DriverTooOldError,
+    GlibcTooOldError,
+    InternalError,
+    KbitError,
+    KbitValueError,
+    KbitWarning,
+    LibraryLoadError,
+    NativeArgumentError,
+    NativeError,
+    NoDeviceError,
+    NoDriverError,
+    NoKernelImageError,
+    SelfTestError,
+    StaleImportError,
+    VariantNotBundledError,
+)
 from kbit._version import __version__
-from kbit._errors import (AbiMismatchError, ArchNotCoveredError, BackendUnavailableError, BadOverrideError,
-                          CudaError, CudaVersionMismatchError, DriverNotFoundError, DriverTooOldError,
-                          GlibcTooOldError, InternalError, KbitError, KbitValueError, KbitWarning, LibraryLoadError,
-                          NativeArgumentError, NativeError, NoDeviceError, NoDriverError, NoKernelImageError,
-                          SelfTestError, StaleImportError, VariantNotBundledError)
 
 
 def show_config(*, json: bool = False, self_test: bool = True) -> int:

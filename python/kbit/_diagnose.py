@@ -8,7 +8,8 @@ CUDA torch, a CPU-only torch on a GPU machine, a bad BNB_CUDA_VERSION, a glibc t
 library that does not load (missing, truncated, foreign, missing runtime DLLs), a stale import after an
 upgrade in a running notebook, another quantization package in the same environment, and a GPU reached only
 through PTX JIT. A finding is an `error` (kbit cannot do what this machine needs: non-zero exit code),
-a `warning` (kbit works, but something is likely wrong) or `info`.
+a `warning` (kbit works, but something is likely wrong) or `info`. The checks read typed values only (the
+decision's Problem and Coverage, the errors' classes, evidence and fix); they never parse a message.
 """
 from __future__ import annotations
 
@@ -46,11 +47,13 @@ def check_override(report) -> list[Finding]:
     err = report.decision_error
     if err is None:
         return []
-    key, title = {"VariantNotBundledError": ("variant_not_bundled", "BNB_CUDA_VERSION names a variant not bundled"),
-                  "BadOverrideError": ("bad_override", "BNB_CUDA_VERSION is malformed")}.get(
-        err.type, ("installation_damaged", "kbit's installation cannot be read"))
-    evidence, _, fix = err.message.partition(" fix: ")
-    return [Finding(key, "error", title, evidence, fix or "reinstall kbit", err.exit_code)]
+    if err.is_a(_errors.VariantNotBundledError):
+        key, title = "variant_not_bundled", "BNB_CUDA_VERSION names a variant not bundled"
+    elif err.is_a(_errors.BadOverrideError):
+        key, title = "bad_override", "BNB_CUDA_VERSION is malformed"
+    else:
+        key, title = "installation_damaged", "kbit's installation cannot be read"
+    return [Finding(key, "error", title, err.evidence, err.fix or "reinstall kbit", err.exit_code)]
 
 
 def check_stale_import(report) -> list[Finding]:
@@ -70,12 +73,15 @@ def check_stale_import(report) -> list[Finding]:
 
 
 _PROBLEM_TITLES = {
-    "no_variant_for_major": ("cuda_version_mismatch", "no bundled CUDA variant matches torch's CUDA version"),
-    "arch_not_covered": ("arch_not_covered", "the GPU's compute capability is not covered by any usable variant"),
-    "driver_too_old": ("driver_too_old", "the NVIDIA driver is too old for every bundled variant of torch's CUDA"),
-    "no_driver": ("no_driver", "torch has CUDA but no usable NVIDIA driver was found"),
-    "torch_rocm": ("torch_rocm", "torch is a ROCm build; kbit has no ROCm variant for its GPU tensors"),
-    "torch_cuda_unreadable": ("torch_cuda_unreadable", "torch reports a CUDA version kbit cannot read"),
+    _policy.Problem.NO_VARIANT_FOR_MAJOR: ("cuda_version_mismatch",
+                                           "no bundled CUDA variant matches torch's CUDA version"),
+    _policy.Problem.ARCH_NOT_COVERED: ("arch_not_covered",
+                                       "the GPU's compute capability is not covered by any usable variant"),
+    _policy.Problem.DRIVER_TOO_OLD: ("driver_too_old",
+                                     "the NVIDIA driver is too old for every bundled variant of torch's CUDA"),
+    _policy.Problem.NO_DRIVER: ("no_driver", "torch has CUDA but no usable NVIDIA driver was found"),
+    _policy.Problem.TORCH_ROCM: ("torch_rocm", "torch is a ROCm build; kbit has no ROCm variant for its GPU tensors"),
+    _policy.Problem.TORCH_CUDA_UNREADABLE: ("torch_cuda_unreadable", "torch reports a CUDA version kbit cannot read"),
 }
 
 
@@ -84,16 +90,16 @@ def check_decision(report) -> list[Finding]:
     if d is None or d.problem not in _PROBLEM_TITLES:
         return []
     key, title = _PROBLEM_TITLES[d.problem]
-    text = d.warnings[0] if d.warnings else " ".join(d.reasons)
-    evidence, _, fix = text.partition(" fix: ")
-    return [Finding(key, "error", title, evidence, fix or "see the evidence", _policy.PROBLEM_ERRORS[d.problem].exit_code)]
+    evidence = d.evidence or " ".join(d.warnings or d.reasons)
+    return [Finding(key, "error", title, evidence, d.fix or "see the evidence",
+                    _policy.PROBLEM_ERRORS[d.problem].exit_code)]
 
 
 def check_override_contradictions(report) -> list[Finding]:
     d = report.decision
     if d is None or d.source != "override" or not d.warnings:
         return []
-    uncovered = [(i, how) for i, how in d.coverage if how == "not covered"]
+    uncovered = [c for c in d.coverage if not c.covered]
     if uncovered:
         return [Finding("arch_not_covered", "error", "BNB_CUDA_VERSION selects a variant that cannot run on this GPU",
                         "; ".join(d.warnings), "unset BNB_CUDA_VERSION to let kbit choose a covering variant",
@@ -134,16 +140,15 @@ def check_glibc(report) -> list[Finding]:
 def check_loads(report) -> list[Finding]:
     found = []
     for r in report.loads:
-        if r.error is not None and r.error.type != "GlibcTooOldError":
-            evidence, _, fix = r.error.message.partition(" fix: ")
+        if r.error is not None and not r.error.is_a(_errors.GlibcTooOldError):
             found.append(Finding("library_load_failed", "error", f"the {r.variant} library does not load",
-                                 evidence, fix or "reinstall kbit", r.error.exit_code))
+                                 r.error.evidence, r.error.fix or "reinstall kbit", r.error.exit_code))
     missing = report.missing_runtime_libraries
     if missing:
         severity = "error" if found else "warning"
         found.append(Finding("runtime_library_missing", severity, "system runtime libraries kbit needs are missing",
                              ", ".join(missing) + " cannot be opened by the system loader",
-                             "install them (Linux: the distribution's libstdc++6 and libgomp1 packages; Windows: the "
+                             "install them (Linux: the distribution's libstdc++6 package; Windows: the "
                              "Microsoft Visual C++ 2015-2022 Redistributable x64)", _errors.LibraryLoadError.exit_code))
     return found
 
@@ -172,7 +177,7 @@ def check_no_gpu(report) -> list[Finding]:
     visible = f.env.get("CUDA_VISIBLE_DEVICES")
     extra = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
     return [Finding("no_gpu_visible", "warning", "the NVIDIA driver sees no GPU",
-                    "; ".join(f.driver.errors) or "cuDeviceGetCount returned 0" + extra,
+                    ("; ".join(f.driver.errors) or "cuDeviceGetCount returned 0") + extra,
                     "check nvidia-smi and CUDA_VISIBLE_DEVICES")]
 
 
@@ -191,11 +196,11 @@ def check_ptx_path(report) -> list[Finding]:
     d = report.decision
     if d is None or d.variant is None:
         return []
-    jit = [(i, how) for i, how in d.coverage if how.startswith("PTX")]
+    jit = [c for c in d.coverage if c.route is _policy.Route.PTX]
     if not jit:
         return []
     return [Finding("ptx_jit", "info", "a GPU runs kbit through PTX JIT compilation",
-                    "; ".join(f"GPU {i}: {how}" for i, how in jit),
+                    "; ".join(f"GPU {c.gpu}: {c}" for c in jit),
                     "nothing required; the first call per kernel is slower. A kbit build whose variant lists this "
                     "GPU's sm arch runs native SASS")]
 

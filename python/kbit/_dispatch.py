@@ -1,15 +1,19 @@
 """Which native library serves a tensor, and the launch arguments that go with it.
 
-This module owns the mapping tensor -> (library, stream, thread count) used by kbit.functional, kbit.optim
+This module owns the mapping tensor -> (library, stream, thread count) used by kbit's operations, kbit.optim
 and kbit.nn, and making the tensor's GPU the current device for the call (the C ABI works on the current
-device; torch's current device may be another, e.g. cuda:0 while a model lives on cuda:1). CPU tensors always go to libkbit_cpu; CUDA tensors go to the CUDA variant kbit._runtime selects (which also
-checks that the tensor's GPU is covered). It does not gather facts or choose variants itself.
+device; torch's current device may be another, e.g. cuda:0 while a model lives on cuda:1). CPU tensors
+always go to libkbit_cpu; CUDA tensors go to the CUDA variant kbit._runtime selects (which also checks that
+the tensor's GPU is covered). It does not gather facts or choose variants itself. Every kernel call goes
+through run(); it is one of the explicitly shared internal modules (see __all__).
 """
 from __future__ import annotations
 
 import torch
 
 from kbit import _errors, _native
+
+__all__ = ["library_for", "stream_for", "threads", "ptr", "call", "run"]
 
 
 def library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
@@ -22,8 +26,8 @@ def library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
     if t.device.type == "cuda":
         index = t.device.index if t.device.index is not None else torch.cuda.current_device()
         return _runtime.cuda_library(index, name)
-    raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors. "
-                                 f"fix: move it with {name}.cpu()")
+    raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors.",
+                                 fix=f"move it with {name}.cpu()")
 
 
 def stream_for(t: torch.Tensor) -> int | None:
@@ -49,3 +53,10 @@ def call(t: torch.Tensor, lib: _native.NativeLibrary, function: str, *args) -> N
         with torch.cuda.device(t.device):
             return lib.call(function, *args)
     return lib.call(function, *args)
+
+
+def run(t: torch.Tensor, name: str, function: str, *args) -> None:
+    """Call a kernel of the C ABI for tensor `t` (called `name` in messages): the library that serves t, t's GPU
+    as the current device, and the launch arguments (stream, num_threads) appended to `args`."""
+    lib = library_for(t, name)
+    call(t, lib, function, *args, stream_for(t), threads())

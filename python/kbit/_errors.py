@@ -9,9 +9,14 @@ from __future__ import annotations
 
 
 class KbitError(Exception):
-    """Base of every error kbit raises on purpose."""
+    """Base of every error kbit raises on purpose: `evidence` (what was looked at and found) and `fix` (what to
+    do; "" when the message is its own fix). str() is "<evidence> fix: <fix>"."""
 
     exit_code = 1
+
+    def __init__(self, evidence: str = "", fix: str = ""):
+        self.evidence, self.fix = evidence, fix
+        super().__init__(f"{evidence} fix: {fix}" if fix else evidence)
 
 
 class KbitWarning(UserWarning):
@@ -100,7 +105,8 @@ class NativeError(KbitError):
     def __init__(self, function: str, status: int, detail: str, fix: str = ""):
         self.function, self.status, self.detail = function, status, detail
         text = f"{function} failed with status {status}: {detail}"
-        super().__init__(f"{text}\nfix: {fix}" if fix else text)
+        Exception.__init__(self, f"{text}\nfix: {fix}" if fix else text)
+        self.evidence, self.fix = text, fix
 
 
 class NativeArgumentError(NativeError, ValueError):

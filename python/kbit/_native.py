@@ -25,7 +25,7 @@ _STATUS_ERRORS = _abi.STATUS_ERRORS
 
 def library_filename(variant: str) -> str:
     """The file name of a variant's library: the one place the runtime computes it (the build: ci/matrix.py
-    library_filename, CMake: kbit_output_name; tests/test_abi.py checks they agree)."""
+    library_filename, CMake: kbit_output_name; tests/runtime/test_abi.py checks they agree)."""
     return _platform.current().shared_library_name(f"kbit_{variant}")
 
 
@@ -47,12 +47,12 @@ def library_path(variant: str) -> Path:
         present = [name for name in _package_entries() if "kbit_" in name] or ["no kbit libraries"]
         raise _errors.LibraryLoadError(
             f"kbit's library {library_filename(variant)} is not in the installed package ({package_dir()}), "
-            f"which holds: {', '.join(present)}. fix: reinstall kbit (pip install --force-reinstall kbit), "
-            f"or from a source checkout `pip install .`")
+            f"which holds: {', '.join(present)}.", fix="reinstall kbit (pip install --force-reinstall kbit), "
+            "or from a source checkout `pip install .`")
     if not isinstance(resource, Path):
         raise _errors.LibraryLoadError(
             f"kbit is installed in a form that is not plain files on disk ({type(resource).__name__}); native "
-            f"libraries cannot be loaded from it. fix: install kbit with pip into a normal environment")
+            f"libraries cannot be loaded from it.", fix="install kbit with pip into a normal environment")
     return resource.resolve()
 
 
@@ -73,8 +73,8 @@ def bundled_manifests() -> dict[str, dict]:
                 found[info["variant"]] = info
             except (ValueError, KeyError, TypeError) as exc:
                 raise _errors.LibraryLoadError(
-                    f"the build manifest {entry} is damaged ({exc}). fix: reinstall kbit "
-                    f"(pip install --force-reinstall kbit)") from None
+                    f"the build manifest {entry} is damaged ({exc}).", fix="reinstall kbit "
+                    "(pip install --force-reinstall kbit)") from None
     return found
 
 
@@ -101,8 +101,8 @@ def _declare(handle: ctypes.CDLL, path: Path) -> None:
             fn = getattr(handle, name)
         except AttributeError:
             raise _errors.LibraryLoadError(
-                f"{path} does not export {name}: it is not a kbit library of this version. "
-                f"fix: reinstall kbit (pip install --force-reinstall kbit)") from None
+                f"{path} does not export {name}: it is not a kbit library of this version.",
+                fix="reinstall kbit (pip install --force-reinstall kbit)") from None
         fn.restype, fn.argtypes = restype, argtypes
 
 
@@ -115,8 +115,8 @@ def load_library(path: Path, manifest: dict | None = None) -> NativeLibrary:
     problem = platform.file_problem(path)
     if problem:
         raise _errors.LibraryLoadError(
-            f"{path} cannot be loaded: {problem}. fix: reinstall kbit (pip install --force-reinstall kbit); "
-            f"an interrupted download or install leaves such files")
+            f"{path} cannot be loaded: {problem}.", fix="reinstall kbit (pip install --force-reinstall kbit); "
+            "an interrupted download or install leaves such files")
     platform.prepare_load(path.parent)
     try:
         handle = platform.load(path)
@@ -127,14 +127,14 @@ def load_library(path: Path, manifest: dict | None = None) -> NativeLibrary:
     if found != ABI_VERSION:
         raise _errors.AbiMismatchError(
             f"{path} speaks kbit ABI {found}, but the kbit Python package loaded in this process speaks ABI "
-            f"{ABI_VERSION}. fix: if kbit was upgraded inside a running notebook or process, restart it; "
-            f"otherwise reinstall kbit so that its Python files and libraries come from one version")
+            f"{ABI_VERSION}.", fix="if kbit was upgraded inside a running notebook or process, restart it; "
+            "otherwise reinstall kbit so that its Python files and libraries come from one version")
     info = json.loads(handle.kbit_build_info().decode("utf-8"))
     if manifest is not None and info != manifest:
         raise _errors.LibraryLoadError(
             f"{path} describes itself as {info}, but its manifest kbit_{manifest.get('variant')}.build.json says "
-            f"{manifest}: the library and the manifest come from different builds. fix: reinstall kbit "
-            f"(pip install --force-reinstall kbit) so that both come from one wheel")
+            f"{manifest}: the library and the manifest come from different builds.", fix="reinstall kbit "
+            "(pip install --force-reinstall kbit) so that both come from one wheel")
     return NativeLibrary(path, handle, info)
 
 
@@ -144,11 +144,11 @@ def _load_refused(path: Path, exc: OSError) -> _errors.LibraryLoadError:
     have = _platform.current().libc_version()
     if need and have and _binfile.version_key(need) > _binfile.version_key(have):
         return _errors.GlibcTooOldError(
-            f"the system loader refused {path}: {exc}. It needs glibc {need}, this system has glibc {have}. "
-            f"fix: use a newer Linux distribution (or a container with glibc >= {need}), or build kbit from "
+            f"the system loader refused {path}: {exc}. It needs glibc {need}, this system has glibc {have}.",
+            fix=f"use a newer Linux distribution (or a container with glibc >= {need}), or build kbit from "
             f"source on this system (pip install --no-binary kbit kbit)")
     return _errors.LibraryLoadError(
-        f"the system loader refused {path}: {exc}. fix: reinstall kbit (pip install --force-reinstall kbit) "
+        f"the system loader refused {path}: {exc}.", fix=f"reinstall kbit (pip install --force-reinstall kbit) "
         f"from a wheel for this platform{_platform.current().load_fix()}")
 
 

@@ -13,8 +13,9 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from kbit import _binfile
 
@@ -102,7 +103,7 @@ class LinuxPlatform:
         return None
 
     def runtime_libraries(self) -> tuple[str, ...]:
-        return ("libstdc++.so.6", "libgomp.so.1")  # C++ runtime and OpenMP of the CPU library
+        return ("libstdc++.so.6",)  # the C++ runtime (the CPU library threads with pthreads, no OpenMP)
 
     def find_system_library(self, name: str) -> bool:
         return _can_open(self._open, name)

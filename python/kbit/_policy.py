@@ -2,7 +2,7 @@
 
 This module owns the selection rules and the BNB_CUDA_VERSION syntax; it does no I/O (facts come in as
 kbit._facts dataclasses) and loads nothing. CPU tensors are always served by the CPU library, whatever is
-decided here. The rules (tests/test_policy.py holds one table of cases for them):
+decided here. The rules (tests/runtime/test_policy.py holds one table of cases for them):
 
 - BNB_CUDA_VERSION, when set, must be `124` / `1210` (major then minor), `12.4`, or `cpu`; anything else
   (letters, paths, empty, whitespace, long strings) raises BadOverrideError listing the bundled variants,
@@ -20,6 +20,7 @@ decided here. The rules (tests/test_policy.py holds one table of cases for them)
 """
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
@@ -31,17 +32,71 @@ OVERRIDE_VARIABLE = "BNB_CUDA_VERSION"
 _DIGITS = re.compile(r"([1-9][0-9])([0-9]|[1-9][0-9])")
 _DOTTED = re.compile(r"([1-9][0-9])\.([0-9]|[1-9][0-9])")
 
+
+
+class Problem(str, enum.Enum):
+    """Why a decision (or a rejected candidate) has no variant: its failure class. The values are stable names
+    (they appear in `python -m kbit --json`)."""
+
+    NO_VARIANT_FOR_MAJOR = "no_variant_for_major"
+    DRIVER_TOO_OLD = "driver_too_old"
+    ARCH_NOT_COVERED = "arch_not_covered"
+    NO_DRIVER = "no_driver"
+    TORCH_CPU_ONLY = "torch_cpu_only"
+    TORCH_ROCM = "torch_rocm"
+    TORCH_CUDA_UNREADABLE = "torch_cuda_unreadable"
+    OVERRIDE_CPU = "override_cpu"
+
+
 # failure classes of a decision without a variant (the typed error kbit raises for a CUDA tensor)
 PROBLEM_ERRORS = {
-    "no_variant_for_major": _errors.CudaVersionMismatchError,
-    "driver_too_old": _errors.DriverTooOldError,
-    "arch_not_covered": _errors.ArchNotCoveredError,
-    "no_driver": _errors.DriverNotFoundError,
-    "torch_cpu_only": _errors.BackendUnavailableError,
-    "torch_rocm": _errors.BackendUnavailableError,
-    "torch_cuda_unreadable": _errors.BackendUnavailableError,
-    "override_cpu": _errors.BackendUnavailableError,
+    Problem.NO_VARIANT_FOR_MAJOR: _errors.CudaVersionMismatchError,
+    Problem.DRIVER_TOO_OLD: _errors.DriverTooOldError,
+    Problem.ARCH_NOT_COVERED: _errors.ArchNotCoveredError,
+    Problem.NO_DRIVER: _errors.DriverNotFoundError,
+    Problem.TORCH_CPU_ONLY: _errors.BackendUnavailableError,
+    Problem.TORCH_ROCM: _errors.BackendUnavailableError,
+    Problem.TORCH_CUDA_UNREADABLE: _errors.BackendUnavailableError,
+    Problem.OVERRIDE_CPU: _errors.BackendUnavailableError,
 }
+
+
+class Route(str, enum.Enum):
+    """How a variant's code reaches a GPU."""
+
+    SASS = "sass"                        # SASS built for exactly this arch
+    SASS_COMPATIBLE = "sass_compatible"  # SASS of an older minor of the same major (binary compatible)
+    PTX = "ptx"                          # PTX the driver JIT-compiles
+    NONE = "none"                        # not covered
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How the chosen variant runs on one visible GPU: the route and the arch it goes through (None: not
+    covered). str() is the text the reasons show ("SASS sm_89", "PTX compute_90 (JIT-compiled ...)")."""
+
+    gpu: int
+    sm: int
+    route: Route
+    arch: int | None = None
+
+    @property
+    def covered(self) -> bool:
+        return self.route is not Route.NONE
+
+    def __str__(self) -> str:
+        if self.route is Route.SASS:
+            return f"SASS sm_{self.arch}"
+        if self.route is Route.SASS_COMPATIBLE:
+            return f"SASS sm_{self.arch} (binary compatible with sm_{self.sm})"
+        if self.route is Route.PTX:
+            return f"PTX compute_{self.arch} (JIT-compiled by the driver for sm_{self.sm} at first use)"
+        return "not covered"
+
+
+def _explained(evidence: str, fix: str) -> str:
+    """The one text of a finding that has a fix (warnings and reasons show it whole)."""
+    return f"{evidence} fix: {fix}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +104,7 @@ class Rejection:
     """A candidate variant that was not chosen, the failure class and why."""
 
     variant: str
-    problem: str
+    problem: Problem
     why: str
 
 
@@ -58,19 +113,25 @@ class Decision:
     """The CUDA variant that serves CUDA tensors (None: none does), with every reason and warning.
 
     source: default | override; problem: the failure class when no variant was chosen (PROBLEM_ERRORS);
-    coverage: for each visible GPU index, how the chosen variant runs on it ("SASS sm_89", "PTX compute_90")."""
+    coverage: for each visible GPU, how the chosen variant runs on it; evidence and fix: the failure's two
+    halves, when it has a fix (its text, evidence + " fix: " + fix, is the warning or the reason shown)."""
 
     variant: str | None
     source: str
     reasons: tuple[str, ...]
     warnings: tuple[str, ...] = ()
     rejected: tuple[Rejection, ...] = ()
-    problem: str | None = None
-    coverage: tuple[tuple[int, str], ...] = ()
+    problem: Problem | None = None
+    coverage: tuple[Coverage, ...] = ()
+    evidence: str = ""
+    fix: str = ""
 
     def error(self) -> _errors.KbitError:
         """The typed error a CUDA tensor gets when no variant was chosen."""
-        cls = PROBLEM_ERRORS.get(self.problem or "", _errors.BackendUnavailableError)
+        cls = PROBLEM_ERRORS.get(Problem(self.problem), _errors.BackendUnavailableError) if self.problem else \
+            _errors.BackendUnavailableError
+        if self.evidence:
+            return cls(self.evidence, fix=self.fix)
         return cls(" ".join(self.warnings or self.reasons))
 
 
@@ -87,7 +148,7 @@ def parse_override(value: str | None, bundled: tuple[str, ...]) -> str | None:
         shown = value if len(value) <= 40 else value[:40] + f"... ({len(value)} characters)"
         raise _errors.BadOverrideError(
             f"{OVERRIDE_VARIABLE}={shown!r} is not a CUDA version kbit understands. It accepts the CUDA version of "
-            f"a bundled variant as 124 or 12.4, or cpu. This installation bundles: {_bundled_text(bundled)}. fix: "
+            f"a bundled variant as 124 or 12.4, or cpu. This installation bundles: {_bundled_text(bundled)}.", fix=f""
             f"set it to one of those (e.g. {OVERRIDE_VARIABLE}={_example(bundled)}) or unset it to let kbit choose")
     return f"cuda{int(match.group(1))}{int(match.group(2))}"
 
@@ -103,16 +164,16 @@ def _example(bundled: tuple[str, ...]) -> str:
 
 # ------------------------------------------------------------------------------------------ coverage
 
-def coverage(variant: Variant, gpu: Gpu) -> str | None:
-    """How `variant` runs on `gpu`: "SASS sm_86", "SASS sm_80 (binary compatible)", "PTX compute_90", or None."""
+def coverage(variant: Variant, gpu: Gpu) -> Coverage:
+    """How `variant` runs on `gpu`: its own SASS, binary-compatible SASS, PTX, or not at all (Route.NONE)."""
     if gpu.sm in variant.sass:
-        return f"SASS sm_{gpu.sm}"
+        return Coverage(gpu.index, gpu.sm, Route.SASS, gpu.sm)
     compatible = [a for a in variant.sass if a // 10 == gpu.cc[0] and a % 10 <= gpu.cc[1]]
     if compatible:
-        return f"SASS sm_{max(compatible)} (binary compatible with sm_{gpu.sm})"
+        return Coverage(gpu.index, gpu.sm, Route.SASS_COMPATIBLE, max(compatible))
     if variant.ptx is not None and (variant.ptx // 10, variant.ptx % 10) <= gpu.cc:
-        return f"PTX compute_{variant.ptx} (JIT-compiled by the driver for sm_{gpu.sm} at first use)"
-    return None
+        return Coverage(gpu.index, gpu.sm, Route.PTX, variant.ptx)
+    return Coverage(gpu.index, gpu.sm, Route.NONE)
 
 
 def archs_text(v: Variant) -> str:
@@ -132,15 +193,15 @@ def _driver_problem(facts: Facts, v: Variant) -> str | None:
 
 
 def _arch_problem(facts: Facts, v: Variant) -> str | None:
-    missing = [g for g in facts.driver.gpus if coverage(v, g) is None]
+    missing = [g for g in facts.driver.gpus if not coverage(v, g).covered]
     if not missing:
         return None
     gpus = ", ".join(f"GPU {g.index} {g.name} (sm_{g.sm})" for g in missing)
     return f"{v.name} has {archs_text(v)}, which covers neither by SASS nor by PTX: {gpus}"
 
 
-def _coverage_of(facts: Facts, v: Variant) -> tuple[tuple[int, str], ...]:
-    return tuple((g.index, coverage(v, g) or "not covered") for g in facts.driver.gpus)
+def _coverage_of(facts: Facts, v: Variant) -> tuple[Coverage, ...]:
+    return tuple(coverage(v, g) for g in facts.driver.gpus)
 
 
 # ------------------------------------------------------------------------------------------ decision
@@ -153,42 +214,44 @@ def decide(facts: Facts, override: str | None = None) -> Decision:
     if wanted is not None:
         return _decide_override(facts, override, wanted, bundled)
     if facts.torch.hip:
-        return Decision(None, "default", (
+        return _failed(Problem.TORCH_ROCM, (
             f"torch {facts.torch.version} is a ROCm build (HIP {facts.torch.hip}): its cuda tensors live on AMD GPUs, "
-            f"and kbit ships NVIDIA CUDA variants only; the CPU library serves CPU tensors. fix: on an NVIDIA "
-            f"machine install a CUDA build of torch; with ROCm keep kbit's tensors on the CPU",), problem="torch_rocm")
+            f"and kbit ships NVIDIA CUDA variants only; the CPU library serves CPU tensors."),
+            "on an NVIDIA machine install a CUDA build of torch; with ROCm keep kbit's tensors on the CPU",
+            as_warning=False)
     if facts.torch.cuda and facts.torch.cuda_version is None:
-        return Decision(None, "default", (
+        return _failed(Problem.TORCH_CUDA_UNREADABLE, (
             f"torch {facts.torch.version} reports CUDA {facts.torch.cuda!r}, which is not a CUDA version kbit can read, "
-            f"so no CUDA variant can be matched to it. fix: reinstall torch from pytorch.org (a build whose "
-            f"torch.version.cuda reads like 12.4)",), problem="torch_cuda_unreadable")
+            f"so no CUDA variant can be matched to it."),
+            "reinstall torch from pytorch.org (a build whose torch.version.cuda reads like 12.4)", as_warning=False)
     if facts.torch.cuda_version is None:
         return Decision(None, "default", (f"torch {facts.torch.version} is a CPU-only build (torch.version.cuda is "
                                           f"None), so there are no CUDA tensors to serve; the CPU library serves "
-                                          f"CPU tensors",), problem="torch_cpu_only")
+                                          f"CPU tensors",), problem=Problem.TORCH_CPU_ONLY)
     return _decide_default(facts)
 
 
 def _decide_override(facts: Facts, raw: str, wanted: str, bundled: tuple[str, ...]) -> Decision:
     said = f"{OVERRIDE_VARIABLE}={raw}"
     if wanted == "cpu":
-        warnings = ()
-        if facts.torch.cuda_version is not None:
-            warnings = (f"{said} turns kbit's CUDA support off although torch {facts.torch.version} has CUDA "
-                        f"{facts.torch.cuda}: CUDA tensors will raise BackendUnavailableError. fix: unset "
-                        f"{OVERRIDE_VARIABLE} to use CUDA",)
-        return Decision(None, "override", (f"{said}: no CUDA variant; the CPU library serves CPU tensors",), warnings,
-                        problem="override_cpu")
+        reasons = (f"{said}: no CUDA variant; the CPU library serves CPU tensors",)
+        if facts.torch.cuda_version is None:
+            return Decision(None, "override", reasons, problem=Problem.OVERRIDE_CPU)
+        evidence = (f"{said} turns kbit's CUDA support off although torch {facts.torch.version} has CUDA "
+                    f"{facts.torch.cuda}: CUDA tensors will raise BackendUnavailableError.")
+        fix = f"unset {OVERRIDE_VARIABLE} to use CUDA"
+        return Decision(None, "override", reasons, (_explained(evidence, fix),), problem=Problem.OVERRIDE_CPU,
+                        evidence=evidence, fix=fix)
     variant = facts.variant(wanted)
     if variant is None or variant.backend != "cuda":
         raise _errors.VariantNotBundledError(
             f"{said} asks for {wanted}, which this installation does not bundle; it bundles: "
-            f"{_bundled_text(bundled)}. fix: choose one of those, unset {OVERRIDE_VARIABLE}, or install a kbit "
+            f"{_bundled_text(bundled)}.", fix=f"choose one of those, unset {OVERRIDE_VARIABLE}, or install a kbit "
             f"build that includes {wanted}")
     warnings = _override_warnings(facts, variant, said)
     cov = _coverage_of(facts, variant)
     reasons = (f"{said} selects {wanted} ({archs_text(variant)}, CUDA {cuda_version_text(variant.toolkit)})",
-               *(f"GPU {i} runs {how}" for i, how in cov))
+               *(f"GPU {c.gpu} runs {c}" for c in cov))
     return Decision(wanted, "override", reasons, warnings, coverage=cov)
 
 
@@ -222,9 +285,9 @@ def _decide_default(facts: Facts) -> Decision:
     rejected = []
     for v in candidates:
         problem = _driver_problem(facts, v)
-        kind = "driver_too_old"
+        kind = Problem.DRIVER_TOO_OLD
         if problem is None:
-            problem, kind = _arch_problem(facts, v), "arch_not_covered"
+            problem, kind = _arch_problem(facts, v), Problem.ARCH_NOT_COVERED
         if problem is None:
             return _chosen(facts, v, head, candidates, tuple(rejected))
         rejected.append(Rejection(v.name, kind, problem))
@@ -240,7 +303,7 @@ def _chosen(facts: Facts, v: Variant, head: str, candidates: list[Variant], reje
         why = f"{v.name}: the driver was not asked"
     cov = _coverage_of(facts, v)
     if cov:
-        why += "; " + "; ".join(f"GPU {i} runs {how}" for i, how in cov)
+        why += "; " + "; ".join(f"GPU {c.gpu} runs {c}" for c in cov)
     elif drv.status != "not_probed":
         why += "; the driver reports no GPU" + (f" ({drv.errors[-1]})" if drv.errors else "")
     reasons.append(why)
@@ -256,28 +319,41 @@ def major_minor_differs(facts: Facts, v: Variant) -> bool:
 
 def _no_major(facts: Facts, major: int, head: str) -> Decision:
     others = ", ".join(v.name for v in facts.cuda_variants) or "none"
-    text = (f"{head}, and this kbit installation bundles none (its CUDA variants: {others}); CUDA tensors cannot "
-            f"be served. fix: install the torch build for a bundled CUDA version (e.g. pip install torch "
-            f"--index-url https://download.pytorch.org/whl/cu<NNN>), or a kbit wheel with a CUDA {major} variant; "
-            f"{OVERRIDE_VARIABLE}=<NNN> forces a bundled variant of another major")
-    return Decision(None, "default", (head,), (text,), problem="no_variant_for_major")
+    evidence = (f"{head}, and this kbit installation bundles none (its CUDA variants: {others}); CUDA tensors "
+                f"cannot be served.")
+    fix = (f"install the torch build for a bundled CUDA version (e.g. pip install torch "
+           f"--index-url https://download.pytorch.org/whl/cu<NNN>), or a kbit wheel with a CUDA {major} variant; "
+           f"{OVERRIDE_VARIABLE}=<NNN> forces a bundled variant of another major")
+    return _failed(Problem.NO_VARIANT_FOR_MAJOR, evidence, fix, head=head)
 
 
 def _no_driver(facts: Facts, head: str, candidates: list[Variant]) -> Decision:
     detail = "; ".join(facts.driver.errors) or "no version reported"
-    text = (f"{head} ({', '.join(c.name for c in candidates)}), but no usable NVIDIA driver was found "
-            f"({facts.driver.library}: {detail}); CUDA tensors cannot exist here. fix: install the NVIDIA driver "
-            f"(nvidia-smi must work), or on a machine without an NVIDIA GPU install the CPU build of torch")
-    return Decision(None, "default", (head,), (text,), problem="no_driver")
+    evidence = (f"{head} ({', '.join(c.name for c in candidates)}), but no usable NVIDIA driver was found "
+                f"({facts.driver.library}: {detail}); CUDA tensors cannot exist here.")
+    fix = ("install the NVIDIA driver (nvidia-smi must work), or on a machine without an NVIDIA GPU install the CPU "
+           "build of torch")
+    return _failed(Problem.NO_DRIVER, evidence, fix, head=head)
 
 
 def _none_fits(facts: Facts, head: str, rejected: tuple[Rejection, ...]) -> Decision:
-    kind = "driver_too_old" if all(r.problem == "driver_too_old" for r in rejected) else "arch_not_covered"
-    fix = {"driver_too_old": "update the NVIDIA driver to one whose CUDA version (nvidia-smi, top right) is at least "
-                             "the toolkit of a variant above",
-           "arch_not_covered": _arch_fix(facts)}[kind]
-    text = f"{head}, and none can run here: " + "; ".join(f"{r.why}" for r in rejected) + f". CUDA tensors cannot be served. fix: {fix}"
-    return Decision(None, "default", (head,), (text,), rejected=rejected, problem=kind)
+    too_old = all(r.problem is Problem.DRIVER_TOO_OLD for r in rejected)
+    kind = Problem.DRIVER_TOO_OLD if too_old else Problem.ARCH_NOT_COVERED
+    fix = ("update the NVIDIA driver to one whose CUDA version (nvidia-smi, top right) is at least the toolkit of a "
+           "variant above") if too_old else _arch_fix(facts)
+    evidence = f"{head}, and none can run here: " + "; ".join(r.why for r in rejected) + ". CUDA tensors cannot be served."
+    return _failed(kind, evidence, fix, head=head, rejected=rejected)
+
+
+def _failed(problem: Problem, evidence: str, fix: str, *, head: str | None = None, as_warning: bool = True,
+            rejected: tuple[Rejection, ...] = ()) -> Decision:
+    """A default decision without a variant: its text (evidence + fix) is the one warning, after the head reason,
+    or (as_warning=False: nothing was attempted, so nothing to warn about) the one reason."""
+    text = _explained(evidence, fix)
+    if as_warning:
+        return Decision(None, "default", (head,), (text,), rejected=rejected, problem=problem, evidence=evidence,
+                        fix=fix)
+    return Decision(None, "default", (text,), rejected=rejected, problem=problem, evidence=evidence, fix=fix)
 
 
 def _arch_fix(facts: Facts) -> str:

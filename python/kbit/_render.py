@@ -5,6 +5,7 @@ This module owns the output formats of `python -m kbit` and `kbit.show_config()`
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def _facts_lines(report) -> list[str]:
     lines = [f"kbit: {report.kbit_version} ({report.kbit_path})",
              f"platform: {f.host.os} {f.host.arch} ({f.host.platform} loader)",
              f"glibc: {f.host.libc or 'n/a'}", f"python: {f.host.python}",
-             f"torch: {f.torch.version}, CUDA {f.torch.cuda or (f'none (ROCm build, HIP {f.torch.hip})' if f.torch.hip else 'none (CPU-only build)')}"]
+             f"torch: {f.torch.version}, CUDA {f.torch.cuda or _no_torch_cuda(f.torch)}"]
     if drv.status == "not_found":
         lines.append(f"driver: not found ({'; '.join(drv.errors)})")
     else:
@@ -43,6 +44,10 @@ def _facts_lines(report) -> list[str]:
     return lines
 
 
+def _no_torch_cuda(torch_facts) -> str:
+    return f"none (ROCm build, HIP {torch_facts.hip})" if torch_facts.hip else "none (CPU-only build)"
+
+
 def _decision_lines(report) -> list[str]:
     if report.decision_error is not None:
         e = report.decision_error
@@ -50,7 +55,7 @@ def _decision_lines(report) -> list[str]:
     d = report.decision
     lines = [f"decision: CUDA tensors -> {d.variant or 'none'} ({d.source}); CPU tensors -> cpu"]
     lines += [f"  reason: {r}" for r in d.reasons]
-    lines += [f"  gpu {i}: {how}" for i, how in d.coverage]
+    lines += [f"  gpu {c.gpu}: {c}" for c in d.coverage]
     lines += [f"  warning: {w}" for w in d.warnings]
     return lines
 
@@ -93,7 +98,9 @@ def text(report) -> str:
 
 def _plain(value):
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.metadata.get("json", True)}
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

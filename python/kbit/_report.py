@@ -15,15 +15,22 @@ from kbit import _errors, _facts, _native, _policy, _runtime
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """A kbit error caught while building the report."""
+    """A kbit error caught while building the report: its class (`kind`, not in the JSON form), the class
+    name, the whole message, its two halves (evidence, fix) and its exit code."""
 
     type: str
     message: str
     exit_code: int
+    evidence: str = ""
+    fix: str = ""
+    kind: type = field(default=_errors.KbitError, compare=False, metadata={"json": False})
 
     @classmethod
-    def of(cls, exc: _errors.KbitError) -> "ErrorInfo":
-        return cls(type(exc).__name__, str(exc), exc.exit_code)
+    def of(cls, exc: _errors.KbitError) -> ErrorInfo:
+        return cls(type(exc).__name__, str(exc), exc.exit_code, exc.evidence, exc.fix, type(exc))
+
+    def is_a(self, error_class: type) -> bool:
+        return issubclass(self.kind, error_class)
 
 
 @dataclass(frozen=True)
@@ -187,8 +194,8 @@ def _round_trip_test(backend: str, device: str) -> SelfTest:
 
 def round_trip(device: str) -> str:
     """Quantize and dequantize on `device`: values of the map itself (times 3) must come back exactly, random
-    values within the map's reach (half its largest gap, or its distance to +-1) times the block's absmax, and on CUDA the codes must equal the
-    CPU library's. Raises SelfTestError with the numbers when not."""
+    values within the map's reach (half its largest gap, or its distance to +-1) times the block's absmax, and on
+    CUDA the codes must equal the CPU library's. Raises SelfTestError with the numbers when not."""
     import torch
 
     from kbit import functional as F

@@ -97,7 +97,8 @@ def cuda_library(device_index: int, name: str = "the tensor") -> _native.NativeL
     chosen = decision()
     if chosen.variant is None:
         error = chosen.error()
-        raise type(error)(f"{name} is on cuda:{device_index}, but no kbit CUDA library serves it: {error}")
+        raise type(error)(f"{name} is on cuda:{device_index}, but no kbit CUDA library serves it: {error.evidence}",
+                          fix=error.fix)
     lib = _native.library(chosen.variant)
     _check_device(chosen.variant, device_index, name)
     return lib
@@ -107,11 +108,11 @@ def _check_device(variant: str, index: int, name: str) -> None:
     current = facts()
     gpu = next((g for g in current.driver.gpus if g.index == index), None)
     info = current.variant(variant)
-    if gpu is None or info is None or _policy.coverage(info, gpu) is not None:
+    if gpu is None or info is None or _policy.coverage(info, gpu).covered:
         return
     raise _errors.ArchNotCoveredError(
         f"{name} is on cuda:{index}, GPU {gpu.name} (sm_{gpu.sm}), which {variant} cannot run: it has "
-        f"{_policy.archs_text(info)}. fix: unset {_policy.OVERRIDE_VARIABLE} (it is {override()!r}) to let kbit "
+        f"{_policy.archs_text(info)}.", fix=f"unset {_policy.OVERRIDE_VARIABLE} (it is {override()!r}) to let kbit "
         f"choose a covering variant, or install a kbit build with sm_{gpu.sm}")
 
 

@@ -52,10 +52,10 @@ def test_requirements_agree_with_readelf():
     path = _native.cpu().path
     needed, versions = _binfile.requirements(path)
     dynamic = subprocess.run([readelf, "-dW", str(path)], capture_output=True, text=True, check=True).stdout
-    assert list(needed) == [l.split("[")[1].rstrip("]") for l in dynamic.splitlines() if "(NEEDED)" in l]
+    assert list(needed) == [row.split("[")[1].rstrip("]") for row in dynamic.splitlines() if "(NEEDED)" in row]
     verneed = subprocess.run([readelf, "-VW", str(path)], capture_output=True, text=True, check=True).stdout
     section = verneed.split(".gnu.version_r", 1)[1]
-    names = {l.split("Name:")[1].split()[0] for l in section.splitlines() if "Name:" in l and "Flags:" in l}
+    names = {row.split("Name:")[1].split()[0] for row in section.splitlines() if "Name:" in row and "Flags:" in row}
     assert set(versions) == names and any(v.startswith("GLIBC_") for v in versions)
 
 

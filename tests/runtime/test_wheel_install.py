@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
 from ci import matrix, wheel
+
+from conftest import require_tool
 
 pytestmark = pytest.mark.slow
 TORCH = shlex.split(os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0"))
@@ -82,7 +83,7 @@ def test_python_m_kbit_lists_every_bundled_variant_with_toolkit_archs_and_glibc(
             assert v["toolkit_text"].startswith(rows[name].toolkit + ".")
     text = _kbit(installed).stdout
     for name, v in listed.items():
-        line = next(l for l in text.splitlines() if l.strip().startswith(name + " "))
+        line = next(row for row in text.splitlines() if row.strip().startswith(name + " "))
         assert f"glibc >= {v['glibc']}" in line
         if rows[name].backend == "cuda":
             assert f"CUDA {v['toolkit_text']}" in line and f"PTX compute_{rows[name].ptx}" in line

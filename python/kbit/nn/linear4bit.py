@@ -13,9 +13,8 @@ import math
 
 import torch
 
-from kbit import _errors
-from kbit._quant4 import (QuantState, _check_blocksize_4bit, _check_quant_type, _packed_bytes, gemv_4bit,
-                          quantize_4bit)
+from kbit import _checks, _errors
+from kbit.functional import QuantState, gemv_4bit, quantize_4bit
 
 _COMPUTE_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)
 
@@ -38,8 +37,8 @@ class Linear4bit(torch.nn.Module):
         if compute_dtype not in _COMPUTE_DTYPES:
             raise _errors.KbitValueError(f"compute_dtype={compute_dtype!r}; use None (the input's dtype), "
                                          f"torch.float32, torch.float16 or torch.bfloat16")
-        _check_quant_type(quant_type)
-        _check_blocksize_4bit(blocksize)
+        _checks.check_quant_type(quant_type)
+        _checks.check_blocksize_4bit(blocksize)
         self.in_features, self.out_features = in_features, out_features
         self.compute_dtype, self.quant_type, self.blocksize = compute_dtype, quant_type, blocksize
         self.compress_statistics = bool(compress_statistics)
@@ -68,7 +67,7 @@ class Linear4bit(torch.nn.Module):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, compute_dtype: torch.dtype | None = None, quant_type: str = "nf4",
-                    blocksize: int = 64, compress_statistics: bool = True) -> "Linear4bit":
+                    blocksize: int = 64, compress_statistics: bool = True) -> Linear4bit:
         """A Linear4bit holding `linear`'s weight quantized (once) and a copy of its bias, on its device."""
         if not isinstance(linear, torch.nn.Linear):
             raise _errors.KbitValueError(f"from_linear needs a torch.nn.Linear, got {type(linear).__name__}")
@@ -144,8 +143,8 @@ class Linear4bit(torch.nn.Module):
         if not items:
             raise _errors.KbitValueError(
                 f"{key} has shape {tuple(weight.shape)} and dtype {weight.dtype} with no quant state items "
-                f"({key}.absmax, {key}.quant_state.bitsandbytes__nf4, ...): it is not a 4-bit weight. fix: quantize "
-                f"an nn.Linear once with Linear4bit.from_linear(linear) and save that layer's state_dict")
+                f"({key}.absmax, {key}.quant_state.bitsandbytes__nf4, ...): it is not a 4-bit weight.", fix="quantize "
+                "an nn.Linear once with Linear4bit.from_linear(linear) and save that layer's state_dict")
         device = self._target_device(weight)
         state = QuantState.from_dict(dict(items), device=device)
         expected = torch.Size((self.out_features, self.in_features))
@@ -157,10 +156,10 @@ class Linear4bit(torch.nn.Module):
             raise _errors.KbitValueError(
                 f"{key} was saved as quant_type={state.quant_type!r}, blocksize={state.blocksize}, "
                 f"compress_statistics={state.nested}, but this layer is quant_type={self.quant_type!r}, blocksize="
-                f"{self.blocksize}, compress_statistics={self.compress_statistics}. fix: build the layer with the "
+                f"{self.blocksize}, compress_statistics={self.compress_statistics}.", fix=f"build the layer with the "
                 f"saved settings: Linear4bit(..., quant_type={state.quant_type!r}, blocksize={state.blocksize}, "
                 f"compress_statistics={state.nested})")
-        packed = _packed_bytes(key, weight, expected.numel()).to(device)
+        packed = _checks.packed_bytes(key, weight, expected.numel()).to(device)
         return packed.clone(), state
 
     def _checked_bias(self, state_dict, key: str, missing_keys: list, unexpected_keys: list) -> torch.Tensor | None:

@@ -91,14 +91,14 @@ class KbitOptimizer(torch.optim.Optimizer):
         if p.dtype not in _SUPPORTED:
             raise _errors.KbitValueError(
                 f"a parameter with a gradient has dtype {p.dtype}; kbit optimizers update torch.float32, "
-                f"torch.float16 and torch.bfloat16 parameters. fix: freeze it (requires_grad=False) or keep it out "
-                f"of the optimizer's parameters")
+                f"torch.float16 and torch.bfloat16 parameters.", fix="freeze it (requires_grad=False) or keep it out "
+                "of the optimizer's parameters")
 
     def _check_grad(self, p: torch.Tensor) -> torch.Tensor:
         g = p.grad
         if g.is_sparse:
             raise _errors.KbitValueError(
-                "a parameter has a sparse gradient; kbit optimizers need dense gradients. fix: use "
+                "a parameter has a sparse gradient; kbit optimizers need dense gradients.", fix="use "
                 "torch.optim.SparseAdam for sparse embeddings, or nn.Embedding(sparse=False)")
         self._check_dtype(p)
         if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
@@ -124,14 +124,15 @@ class KbitOptimizer(torch.optim.Optimizer):
         """Zero states in the 8-bit form (optim_bits == 8 and numel >= min_8bit_size) or the 32-bit form."""
         self._warn_paging_on_cpu(p)
         n = p.numel()
-        two = self.kind in _update.TWO_STATE
-        shape1 = (2, *p.shape) if self.kind == _update.ADEMAMIX else tuple(p.shape)
+        two = _update.state_count(self.kind) >= 2
+        copies = _update.state1_copies(self.kind)
+        shape1 = (copies, *p.shape) if copies > 1 else tuple(p.shape)
         state["step"] = 0
         if self.optim_bits == 8 and n >= self.min_8bit_size:
             blocks = -(-n // _update.BLOCKSIZE)
             state["state1"] = self._zeros(p, shape1, torch.uint8)
             state["qmap1"] = create_dynamic_map(True).to(p.device)
-            state["absmax1"] = torch.zeros((2, blocks) if self.kind == _update.ADEMAMIX else (blocks,),
+            state["absmax1"] = torch.zeros((copies, blocks) if copies > 1 else (blocks,),
                                            dtype=torch.float32, device=p.device)
             if two:
                 state["state2"] = self._zeros(p, tuple(p.shape), torch.uint8)
@@ -145,8 +146,8 @@ class KbitOptimizer(torch.optim.Optimizer):
     def check_state(self, p: torch.Tensor, state: dict) -> None:
         """Refuse a state that does not belong to p (e.g. a state_dict of another model) with the reason."""
         n = p.numel()
-        two = self.kind in _update.TWO_STATE
-        n1 = 2 * n if self.kind == _update.ADEMAMIX else n
+        two = _update.state_count(self.kind) >= 2
+        n1 = _update.state1_copies(self.kind) * n
         names = ("state1", "state2") if two else ("state1",)
         problems = [f"'{k}' is missing" for k in ("step",) + names if k not in state]
         if "step" in state:
@@ -164,7 +165,7 @@ class KbitOptimizer(torch.optim.Optimizer):
         if problems:
             raise _errors.KbitValueError(
                 f"the optimizer state of a parameter of shape {tuple(p.shape)} does not fit {type(self).__name__}: "
-                f"{'; '.join(problems)}. fix: load a state_dict saved by the same optimizer class for the same model")
+                f"{'; '.join(problems)}.", fix="load a state_dict saved by the same optimizer class for the same model")
 
     @staticmethod
     def _check_step(state: dict) -> list[str]:
@@ -182,7 +183,7 @@ class KbitOptimizer(torch.optim.Optimizer):
     def _check_8bit_extras(self, state: dict, n: int, two: bool) -> list[str]:
         blocks = -(-n // _update.BLOCKSIZE)
         problems = []
-        checks = [("absmax1", blocks * (2 if self.kind == _update.ADEMAMIX else 1), "qmap1", True)]
+        checks = [("absmax1", blocks * _update.state1_copies(self.kind), "qmap1", True)]
         if two:
             checks.append(("absmax2", blocks, "qmap2", False))
         for absmax, count, qmap, signed in checks:
@@ -249,8 +250,8 @@ class KbitOptimizer(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         if len(saved_ids) != len(params):
             raise _errors.KbitValueError(
-                f"the state_dict has {len(saved_ids)} parameters but this optimizer has {len(params)}. fix: load "
-                f"a state_dict saved by the same optimizer for the same model")
+                f"the state_dict has {len(saved_ids)} parameters but this optimizer has {len(params)}.", fix="load "
+                "a state_dict saved by the same optimizer for the same model")
         restored = {}
         for old_id, p in zip(saved_ids, params):
             if old_id in saved_state:

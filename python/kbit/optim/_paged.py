@@ -23,8 +23,7 @@ class _ManagedAllocation:
     def __init__(self, owner: torch.Tensor, nbytes: int):
         self._lib = _dispatch.library_for(owner, "the parameter")
         out = ctypes.c_void_p()
-        with torch.cuda.device(owner.device):
-            self._lib.call("kbit_managed_alloc", ctypes.byref(out), nbytes)
+        _dispatch.call(owner, self._lib, "kbit_managed_alloc", ctypes.byref(out), nbytes)  # on owner's GPU
         self.ptr = out.value or 0
         self.__cuda_array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (self.ptr, False),
                                          "version": 3, "strides": None}

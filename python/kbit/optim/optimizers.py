@@ -22,7 +22,7 @@ Where kbit deliberately differs from bitsandbytes' kernels (each follows numeric
     its 2-state kernel).
   - AdEMAMix 8-bit: the slow EMA's absmax is absmax1[1, b] (the (2, blocks) layout); bitsandbytes' kernel
     indexes (n + i) / 256, which equals that only when n is a multiple of 256.
-Each matched edge is checked in tests/test_optim.py against a plain-torch reference (tests/optim_reference.py).
+Each matched edge is checked in tests/ops/test_optim.py against a plain-torch reference (tests/ops/optim_reference.py).
 Refused instead of silently ignored (bitsandbytes ignores some of them): amsgrad, nesterov, dampening != 0,
 RMSprop centered/momentum, Adagrad lr_decay/initial_accumulator_value, AdEMAMix t_alpha/t_beta3 schedules.
 """
@@ -41,7 +41,7 @@ def _as_tuple(betas: object) -> object:
 def _refuse(condition: bool, what: str) -> None:
     if condition:
         raise _errors.KbitValueError(f"{what} is not supported by kbit's optimizers (nor run by bitsandbytes' "
-                                     f"kernels); fix: leave it at its default or use torch.optim")
+                                     f"kernels);", fix="leave it at its default or use torch.optim")
 
 
 class Adam(KbitOptimizer):
@@ -105,7 +105,7 @@ class SGD(KbitOptimizer):
                  min_8bit_size=4096):
         if not momentum:
             raise _errors.KbitValueError("SGD without momentum keeps no state, so kbit (like bitsandbytes) does "
-                                         "not provide it; fix: pass momentum > 0 or use torch.optim.SGD")
+                                         "not provide it;", fix="pass momentum > 0 or use torch.optim.SGD")
         check_hyper("momentum", momentum, below_one=True)
         _refuse(bool(nesterov), "nesterov=True")
         _refuse(dampening != 0, f"dampening={dampening!r}")

@@ -3,7 +3,6 @@ expected variant (or typed error), the failure class and words the reasons or wa
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import pytest
@@ -159,8 +158,10 @@ def test_no_cuda_torch_without_override_has_no_warning_even_with_a_gpu():
     ("no_variant_for_major", kbit.CudaVersionMismatchError), ("no_driver", kbit.DriverNotFoundError),
     ("torch_cpu_only", kbit.BackendUnavailableError), ("override_cpu", kbit.BackendUnavailableError)])
 def test_each_failure_class_has_its_typed_error(problem, error):
-    decision = _policy.Decision(None, "default", ("why",), ("what happened. fix: this",), problem=problem)
+    decision = _policy.Decision(None, "default", ("why",), ("what happened. fix: this",), problem=_policy.Problem(problem),
+                                evidence="what happened.", fix="this")
     assert type(decision.error()) is error and "fix: this" in str(decision.error())
+    assert decision.error().fix == "this" and decision.error().evidence == "what happened."
 
 
 def test_every_failure_class_has_its_own_exit_code():
@@ -179,6 +180,38 @@ def test_override_forms(value, name):
     assert _policy.parse_override(value, ("cpu",)) == name
 
 
-def test_the_decision_is_pure():
+def test_the_decision_reads_only_its_arguments(monkeypatch):
+    """No environment, file, library or subprocess is consulted: a BNB_CUDA_VERSION in the environment and
+    refusing every I/O entry point change nothing; only the `override` argument does."""
+    import builtins
+    import ctypes
+    import subprocess
+
     facts = machine(driver=(12, 4), gpus=(89, 120))
-    assert _policy.decide(facts) == _policy.decide(facts)
+    monkeypatch.setenv("BNB_CUDA_VERSION", "118")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"decide() did I/O: {args[:1]}")
+
+    for owner, name in ((builtins, "open"), (ctypes, "CDLL"), (subprocess, "run"), (subprocess, "Popen")):
+        monkeypatch.setattr(owner, name, refuse)
+    decision = _policy.decide(facts)
+    assert decision.variant == "cuda124" and decision.problem is None
+    assert [(c.gpu, c.route, c.arch) for c in decision.coverage] == [(0, _policy.Route.SASS, 89),
+                                                                     (1, _policy.Route.PTX, 90)]
+    assert _policy.decide(facts, "118").variant == "cuda118"
+
+
+def test_a_failure_keeps_its_evidence_and_fix_apart_and_the_diagnosis_reads_them():
+    """The diagnosis takes the decision's typed fields, not its text: a reworded warning changes nothing."""
+    from kbit import _diagnose
+
+    decision = _policy.decide(machine(driver=(12, 2)))
+    assert decision.problem is _policy.Problem.DRIVER_TOO_OLD
+    assert decision.warnings == (f"{decision.evidence} fix: {decision.fix}",) and decision.fix.startswith("update")
+    reworded = dataclasses.replace(decision, warnings=("something else entirely",))
+    report = type("R", (), {"decision": reworded})()
+    (finding,) = _diagnose.check_decision(report)
+    assert (finding.key, finding.evidence, finding.fix) == ("driver_too_old", decision.evidence, decision.fix)
+    error = reworded.error()
+    assert isinstance(error, kbit.DriverTooOldError) and (error.evidence, error.fix) == (decision.evidence, decision.fix)

@@ -1,4 +1,4 @@
-"""kbit.optim on the CPU library: every optimizer against the plain-torch reference (tests/optim_reference.py),
+"""kbit.optim on the CPU library: every optimizer against the plain-torch reference (tests/ops/optim_reference.py),
 the published 8-bit-vs-32-bit accuracy figures, edges (small parameters, non-finite gradients), state_dict
 round trips, thread-count independence, paging on CPU and errors. CUDA versions are marked `cuda`.
 
@@ -11,7 +11,7 @@ Two kinds of comparison are made, and each test says which:
 from __future__ import annotations
 
 import copy
-
+import ctypes
 import io
 import warnings
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import kbit
-from kbit import _errors, _native
+from kbit import _abi, _errors, _native
 from kbit import optim as O
 
 import optim_reference as R
@@ -478,8 +478,6 @@ def test_paged_optimizers_on_cpu_warn_exactly_once_and_match_the_unpaged_one():
 
 
 def test_cpu_library_refuses_managed_memory_with_an_explanation():
-    import ctypes
-
     out = ctypes.c_void_p(123)
     with pytest.raises(kbit.NativeArgumentError, match="needs a CUDA library"):
         _native.cpu().call("kbit_managed_alloc", ctypes.byref(out), 1024)
@@ -491,13 +489,14 @@ def test_native_checks_refuse_a_missing_second_state():
     p, g = torch.zeros(8), torch.zeros(8)
     s1 = torch.zeros(8)
     with pytest.raises(_errors.NativeArgumentError, match="state2 is NULL"):
-        _native.cpu().call("kbit_optimizer_update_32bit", 0, 0, p.data_ptr(), g.data_ptr(), s1.data_ptr(), None, 8,
-                           1e-3, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 0.1, 0.1, 1.0, 1, None, 1)
+        params = _abi.OptimParams(ctypes.sizeof(_abi.OptimParams), 1e-3, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 0.1, 0.1, 1.0, 1)
+        _native.cpu().call("kbit_optimizer_update_32bit", _abi.OPTIM_ADAM, _abi.F32, p.data_ptr(), g.data_ptr(),
+                           s1.data_ptr(), None, 8, ctypes.byref(params), None, 1)
 
 
 # ------------------------------------------------------------------------------------------- CUDA
 
-def _cpu_vs_cuda(cls, dtype, steps=5):
+def _cpu_vs_cuda(cls, dtype, steps=20):
     g = torch.Generator().manual_seed(9)
     init = torch.randn(257, 300, generator=g).to(dtype)
     grads = [torch.randn(257, 300, generator=g).to(dtype) for _ in range(steps)]
@@ -513,11 +512,14 @@ def _cpu_vs_cuda(cls, dtype, steps=5):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("cls", [O.AdamW8bit, O.AdEMAMix8bit, O.Lion8bit, lambda ps: O.SGD8bit(ps, lr=0.01, momentum=0.9),
-                                 O.RMSprop8bit, O.Adagrad8bit, O.AdamW32bit, O.AdEMAMix32bit, O.Lion32bit,
-                                 lambda ps: O.SGD32bit(ps, lr=0.01, momentum=0.9, weight_decay=0.01)],
-                         ids=["AdamW8bit", "AdEMAMix8bit", "Lion8bit", "SGD8bit", "RMSprop8bit", "Adagrad8bit",
-                              "AdamW32bit", "AdEMAMix32bit", "Lion32bit", "SGD32bit"])
+@pytest.mark.parametrize("cls", [O.Adam8bit, O.AdamW8bit, O.AdEMAMix8bit, O.Lion8bit,
+                                 lambda ps: O.SGD8bit(ps, lr=0.01, momentum=0.9), O.RMSprop8bit, O.Adagrad8bit,
+                                 O.Adam32bit, O.AdamW32bit, O.AdEMAMix32bit, O.Lion32bit,
+                                 lambda ps: O.SGD32bit(ps, lr=0.01, momentum=0.9, weight_decay=0.01), O.RMSprop32bit,
+                                 O.Adagrad32bit],
+                         ids=["Adam8bit", "AdamW8bit", "AdEMAMix8bit", "Lion8bit", "SGD8bit", "RMSprop8bit",
+                              "Adagrad8bit", "Adam32bit", "AdamW32bit", "AdEMAMix32bit", "Lion32bit", "SGD32bit",
+                              "RMSprop32bit", "Adagrad32bit"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_cuda_updates_are_bit_identical_to_cpu(cls, dtype):
     (pc, sc), (pg, sg) = _cpu_vs_cuda(cls, dtype)
@@ -538,6 +540,12 @@ def test_cuda_paged_states_live_in_managed_memory_and_match_unpaged():
     assert torch.cuda.memory_allocated() - before < p.numel()
     plain.step()
     assert torch.equal(p, q) and torch.equal(paged.state[p]["state1"], plain.state[q]["state1"])
+    r = torch.nn.Parameter(init.clone())  # and both are the CPU library's step on the same inputs
+    r.grad = grad.clone()
+    cpu = O.AdamW8bit([r])
+    cpu.step()
+    assert torch.equal(p.detach().cpu(), r.detach())
+    assert all(torch.equal(paged.state[p][k].cpu(), v) for k, v in cpu.state[r].items() if torch.is_tensor(v))
 
 
 @pytest.mark.cuda
@@ -552,3 +560,10 @@ def test_cuda_state_dict_moves_to_cpu_exactly():
     for k, v in opt.state[p].items():
         if torch.is_tensor(v):
             assert opt_cpu.state[q][k].device.type == "cpu" and torch.equal(opt_cpu.state[q][k], v.cpu())
+    # from the same state, the next step of the CPU library and of the GPU give the same bits
+    grad = torch.randn(128, 128, dtype=torch.float16)
+    p.grad, q.grad = grad.cuda(), grad
+    opt.step()
+    opt_cpu.step()
+    assert torch.equal(p.detach().cpu().view(torch.int16), q.detach().view(torch.int16))
+    assert all(torch.equal(opt.state[p][k].cpu(), v) for k, v in opt_cpu.state[q].items() if torch.is_tensor(v))

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from ci import build_variant, matrix
+
 from conftest import ROOT, cmake_binaries, require_tool
 
 CMAKES = cmake_binaries()

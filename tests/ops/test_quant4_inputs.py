@@ -11,7 +11,6 @@ import kbit
 from kbit import functional as F
 from kbit.nn import Linear4bit
 
-
 # ---------------------------------------------------------------------------------------- out= overlap
 
 def test_dequantize_4bit_refuses_out_sharing_memory_with_packed():

@@ -14,51 +14,7 @@ import pytest
 
 from kbit import _facts, _native, _platform
 
-NAMES = {100: "CUDA_ERROR_NO_DEVICE", 34: "CUDA_ERROR_STUB_LIBRARY", 35: "CUDA_ERROR_INSUFFICIENT_DRIVER",
-         3: "CUDA_ERROR_NOT_INITIALIZED", 999: "CUDA_ERROR_UNKNOWN"}
-
-
-class FakeCuda:
-    """Stands in for libcuda: the driver API functions the probe calls, with results set per test."""
-
-    def __init__(self, version=12040, devices=(("NVIDIA GeForce RTX 4090", 8, 9),), fail=None, missing=()):
-        self.version, self.devices, self.fail, self.missing = version, devices, fail or {}, missing
-
-    def __getattribute__(self, name):
-        if name.startswith("cu") and name in object.__getattribute__(self, "missing"):
-            raise AttributeError(name)  # what ctypes raises for a symbol the library lacks
-        return object.__getattribute__(self, name)
-
-    def _status(self, fn):
-        return self.fail.get(fn, 0)
-
-    def cuDriverGetVersion(self, ref):
-        ref._obj.value = self.version
-        return self._status("cuDriverGetVersion")
-
-    def cuInit(self, flags):
-        assert flags == 0
-        return self._status("cuInit")
-
-    def cuDeviceGetCount(self, ref):
-        ref._obj.value = len(self.devices)
-        return self._status("cuDeviceGetCount")
-
-    def cuDeviceGet(self, ref, index):
-        ref._obj.value = index
-        return self._status("cuDeviceGet")
-
-    def cuDeviceGetAttribute(self, ref, attribute, device):
-        ref._obj.value = self.devices[device.value][{75: 1, 76: 2}[attribute]]
-        return self._status("cuDeviceGetAttribute")
-
-    def cuDeviceGetName(self, buf, size, device):
-        buf.value = self.devices[device.value][0].encode()
-        return self._status("cuDeviceGetName")
-
-    def cuGetErrorName(self, status, ref):
-        ref._obj.value = NAMES.get(status, "CUDA_ERROR_OTHER").encode()
-        return 0
+from helpers import FakeCuda, compile_library, package_copy
 
 
 @pytest.mark.parametrize("raw, version", [(12040, (12, 4)), (12060, (12, 6)), (12080, (12, 8)), (12090, (12, 9)),
@@ -132,14 +88,7 @@ int cuGetErrorName(int status, const char** out) { *out = status == 100 ? "CUDA_
 
 @pytest.fixture(scope="module")
 def fake_libcuda(tmp_path_factory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build a fake libcuda")
-    folder = tmp_path_factory.mktemp("fakecuda")
-    (folder / "fake.c").write_text(FAKE_LIBCUDA)
-    lib = folder / "libcuda.so.1"
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(folder / "fake.c")], check=True)
-    return lib
+    return compile_library(FAKE_LIBCUDA, tmp_path_factory.mktemp("fakecuda"), "libcuda.so.1")
 
 
 PROBE = """
@@ -269,8 +218,6 @@ def test_the_windows_path_end_to_end_with_a_substituted_platform(tmp_path):
     """A package folder with kbit_cpu.dll (an ELF file the Linux loader opens for the test): the selector
     computes the .dll names, adds the package and torch DLL folders, and loads by absolute path."""
     import os
-
-    from test_runtime_load import package_copy
 
     site = package_copy(tmp_path)
     (site / "kbit" / "libkbit_cpu.so").rename(site / "kbit" / "kbit_cpu.dll")

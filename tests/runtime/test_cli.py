@@ -14,10 +14,32 @@ import pytest
 import kbit
 from kbit import __main__ as cli
 from kbit import _facts, _native, _platform, _report, _runtime
-from test_facts import FakeCuda
+
+from conftest import bundled_cuda_variants
+from helpers import FakeCuda, FakeDriverPlatform, cuda_manifest
 
 SECTIONS = ["kbit: ", "platform: ", "glibc: ", "python: ", "torch: ", "driver: ", "gpus: ", "bundled variants:",
             "decision: ", "load:", "self-test:", "diagnosis:", "result: "]
+
+
+def exit_code_here() -> tuple[int, str]:
+    """What `python -m kbit` must exit with on this machine, and the words of its diagnosis: 0 with a CPU-only
+    torch; under a CUDA torch, 5 when the package bundles no variant of torch's CUDA major (as after
+    `pip install .`), 8 when it does but there is no driver, else 0."""
+    import ctypes
+
+    import torch
+
+    if torch.version.cuda is None:
+        return 0, "result: usable"
+    major = torch.version.cuda.split(".")[0]
+    if not any(v.startswith(f"cuda{major}") for v in bundled_cuda_variants()):
+        return 5, "no bundled CUDA variant matches torch's CUDA version"
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return 8, "no usable NVIDIA driver was found"
+    return 0, "result: usable"
 
 
 def kbit_cli(*args, env=None) -> subprocess.CompletedProcess:
@@ -28,11 +50,12 @@ def kbit_cli(*args, env=None) -> subprocess.CompletedProcess:
 
 def test_text_report_on_this_machine():
     done = kbit_cli()
-    assert done.returncode == 0, done.stdout + done.stderr
+    code, words = exit_code_here()
+    assert done.returncode == code, done.stdout + done.stderr
     positions = [done.stdout.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
     assert "cpu: ok" in done.stdout and "self-test:\n  cpu: ok: 256 map values exact" in done.stdout
-    assert "result: usable (exit code 0)" in done.stdout and done.stderr == ""
+    assert words in done.stdout and f"(exit code {code})" in done.stdout and done.stderr == ""
 
 
 def test_a_stream_that_cannot_encode_the_report_still_gets_the_diagnosis():
@@ -45,7 +68,8 @@ def test_a_stream_that_cannot_encode_the_report_still_gets_the_diagnosis():
 
 def test_json_report_on_this_machine():
     report = json.loads(kbit_cli("--json").stdout)
-    assert report["usable"] is True and report["exit_code"] == 0
+    code, _ = exit_code_here()
+    assert report["usable"] is (code == 0) and report["exit_code"] == code
     assert {"facts", "decision", "loads", "self_tests", "findings"} <= report.keys()
     assert report["facts"]["torch"]["version"] and report["facts"]["host"]["python"] == sys.version.split()[0]
     assert report["loads"][0]["variant"] == "cpu" and report["loads"][0]["error"] is None
@@ -62,33 +86,18 @@ def test_bad_overrides_exit_with_their_code(value, code, words):
 
 
 def test_show_config_prints_and_returns_the_exit_code(capsys):
-    assert kbit.show_config(self_test=False) == 0
+    code, _ = exit_code_here()
+    assert kbit.show_config(self_test=False) == code
     out = capsys.readouterr().out
     assert "decision: " in out and "self-test:" in out
-    assert kbit.show_config(json=True, self_test=False) == 0
-    assert json.loads(capsys.readouterr().out)["usable"] is True
+    assert kbit.show_config(json=True, self_test=False) == code
+    assert json.loads(capsys.readouterr().out)["usable"] is (code == 0)
 
 
 # ---------------------------------------------------------------------------------- simulated machines
 
-class FakeDriverPlatform(_platform.LinuxPlatform):
-    def __init__(self, driver, libc="2.36"):
-        super().__init__()
-        self.driver, self.libc = driver, libc
-
-    def open_driver(self):
-        if self.driver is None:
-            raise OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
-        return self.driver
-
-    def libc_version(self):
-        return self.libc
-
-
 def manifest(variant, toolkit, sass, min_driver="550.54.14"):
-    return {"abi": 1, "kbit_version": kbit.__version__, "variant": variant, "backend": "cuda", "toolkit": toolkit,
-            "sass": list(sass), "ptx": max(sass), "compression": "all", "min_driver": min_driver, "compiler": "nvcc",
-            "commit": "sim"}
+    return cuda_manifest(variant, toolkit, sass, min_driver)
 
 
 BUNDLES = {
@@ -111,9 +120,9 @@ def simulate(monkeypatch, capsys):
                                   device_count=1)
 
     def run(torch_cuda, driver, gpus=((8, 9),), bundle=("cuda124", "cuda128", "cuda130"), *, libc="2.36",
-            override=None, packages=None, installed=None):
+            override=None, packages=None, installed=None, fail=None):
         devices = tuple((f"Sim GPU sm_{a}{b}", a, b) for a, b in gpus)
-        fake = None if driver is None else FakeCuda(version=driver, devices=devices)
+        fake = None if driver is None else FakeCuda(version=driver, devices=devices, fail=fail)
         monkeypatch.setattr(_facts, "gather_torch", lambda: _facts.TorchFacts(
             f"2.13.0+{'cu' + torch_cuda.replace('.', '') if torch_cuda else 'cpu'}", torch_cuda))
         monkeypatch.setattr(_native, "bundled_manifests",
@@ -202,9 +211,19 @@ def test_an_override_onto_an_uncovered_gpu_is_an_error(simulate):
     assert code == 6 and keys[0] == "arch_not_covered"
 
 
-def test_no_gpu_visible_is_a_warning(simulate):
+def test_no_gpu_visible_is_a_warning(simulate, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     code, text, keys = simulate("12.6", 12080, [])
     assert code == 0 and keys == ["no_gpu_visible"]
+    assert "     evidence: cuDeviceGetCount returned 0\n" in text
+
+
+def test_an_empty_cuda_visible_devices_is_in_the_evidence_beside_the_drivers_error(simulate, monkeypatch):
+    """CUDA_VISIBLE_DEVICES="" makes cuInit fail with CUDA_ERROR_NO_DEVICE: both facts are the evidence."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    code, text, keys = simulate("12.6", 12080, [], fail={"cuInit": 100})
+    assert code == 0 and keys == ["no_gpu_visible"]
+    assert "evidence: cuInit: CUDA_ERROR_NO_DEVICE (100); CUDA_VISIBLE_DEVICES=''" in text
 
 
 def test_the_runtime_refuses_a_cuda_tensor_on_an_uncovered_gpu_under_override(monkeypatch):

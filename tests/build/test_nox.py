@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from ci import matrix
+
 from conftest import ROOT, require_tool
 
 
@@ -33,7 +34,7 @@ def test_one_build_session_per_variant_each_with_a_docstring():
             assert f"CUDA {v.toolkit}" in doc and f"PTX {v.ptx}" in doc
         if v.toolkit_source:
             assert f"toolkit-{v.name}" in sessions
-    assert "tests" in sessions and "check" in sessions and "bench" in sessions
+    assert "tests" in sessions and "check" in sessions and "bench" in sessions and "lint" in sessions
     assert all(doc.strip() for doc in sessions.values())
 
 
@@ -51,3 +52,4 @@ def test_readme_commands_are_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci_run = (ROOT / ".ci" / "run").read_text()
     assert "nox -s tests" in readme and "nox -s tests" in ci_run
+    assert "nox -s lint" in readme and ci_run.index("nox -s lint") < ci_run.index("nox -s tests")

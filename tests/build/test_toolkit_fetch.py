@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _load():
@@ -161,7 +161,8 @@ def _fake_archive():
         return {"Version": "11.3.0-12", "Depends": records[name]} if name in records else None
 
     def satisfies(have, op, want):  # enough for these numbers: compare dotted prefixes numerically
-        key = lambda v: [int(x) for x in v.split("-")[0].split(".")]
+        def key(v):
+            return [int(x) for x in v.split("-")[0].split(".")]
         return {">=": key(have) >= key(want), "=": have == want}[op]
 
     return show, installed.get, satisfies

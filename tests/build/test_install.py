@@ -1,9 +1,9 @@
 """`pip install -e .` works: the package comes from the checkout and its library from importlib.resources."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sysconfig
-import json
 import venv
 
 import pytest

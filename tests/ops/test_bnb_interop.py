@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kbit.functional as F
+
 from conftest import require_tool
 
 try:
@@ -62,7 +63,7 @@ def _bnb_state(bnb, our_state, device="cpu"):
 def test_4bit_tensors_and_states_mean_the_same_numbers_in_both_libraries(bnb, quant_type, blocksize,
                                                                          compress_statistics, dtype):
     # rows of 256: bitsandbytes' CPU dequantize is wrong when blocks cross rows whose length is a multiple of 16
-    # (numerics.md; e.g. 160 at blocksize 64), kbit's is not (tests/test_blockwise4.py)
+    # (numerics.md; e.g. 160 at blocksize 64), kbit's is not (tests/ops/test_blockwise4.py)
     x = torch.randn(96, 256, generator=torch.Generator().manual_seed(blocksize)).to(dtype)
     ours, our_state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type,
                                       compress_statistics=compress_statistics)

@@ -15,10 +15,13 @@ import math
 
 import torch
 
+from kbit import _abi
 from kbit import functional as F
 
-ADAM, MOMENTUM, RMSPROP, ADAGRAD, LION, ADEMAMIX = 0, 1, 2, 4, 5, 6
-BLOCK = 256
+# the ABI's numbers (kbit._abi, checked against csrc/kbit.h); the math below is written independently
+ADAM, MOMENTUM, RMSPROP, ADAGRAD, LION = _abi.OPTIM_ADAM, _abi.OPTIM_MOMENTUM, _abi.OPTIM_RMSPROP, _abi.OPTIM_ADAGRAD, _abi.OPTIM_LION
+ADEMAMIX = _abi.OPTIM_ADEMAMIX
+BLOCK = _abi.OPTIM_BLOCKSIZE
 SIGNED_SHA = "e732639a65f497b4ad684bb166a4467708255edd5207757de8b8f0c7e1fda89c"
 UNSIGNED_SHA = "305f002cc11278fb769d13b25b9fd0c7c83c8402c40a878fe086f4039fde6398"
 SMAP, UMAP = F.create_dynamic_map(True), F.create_dynamic_map(False)
@@ -39,7 +42,7 @@ class Scalars:
         self.kind, self.t = kind, t
         self.lr, self.b1, self.b2, self.b3 = f32(lr), f32(b1), f32(b2), f32(b3)
         self.alpha, self.eps, self.wd, self.wd_on = f32(alpha), f32(eps), f32(wd), wd > 0
-        c1, c2 = (1 - b1 ** t, math.sqrt(1 - b2 ** t)) if kind in (ADAM, ADEMAMIX) else (1.0, 1.0)
+        c1, c2 = (1 - b1 ** t, math.sqrt(1 - b2 ** t)) if _abi.optim_state_count(kind) >= 2 else (1.0, 1.0)
         self.c1, self.c2 = f32(c1), f32(c2)
         self.step_size = (-self.lr * self.c2) / self.c1
         self.eps_hat = self.eps * self.c2

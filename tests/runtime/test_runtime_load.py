@@ -13,19 +13,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-import kbit
 from kbit import _abi, _errors, _native, _platform
 
-PACKAGE = Path(kbit.__file__).parent
+from helpers import compile_library, cuda_manifest, package_copy
+
+CPU_TORCH = pytest.mark.skipif(torch.version.cuda is not None,
+                               reason=f"torch {torch.__version__} is a CUDA build; its case is the test beside")
+CUDA_TORCH = pytest.mark.skipif(torch.version.cuda is None,
+                                reason=f"torch {torch.__version__} is a CPU-only build; its case is the test beside")
 
 
-def package_copy(root: Path) -> Path:
-    """A copy of the installed package in root/site/kbit, CPU library only (the tests add CUDA variants they need,
-    whether kbit was installed from `.` or from the wheel); returns root/site (to put first on sys.path)."""
-    site = root / "site"
-    shutil.copytree(PACKAGE, site / "kbit", ignore=shutil.ignore_patterns("__pycache__", "*kbit_cuda*"))
-    return site
+def driver_present() -> bool:
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+        return True
+    except OSError:
+        return False
 
 
 def run(site: Path | None, code: str, env: dict | None = None, *args: str) -> subprocess.CompletedProcess:
@@ -134,9 +139,18 @@ except kbit.KbitError as e:
 """
 
 
+@CPU_TORCH
 def test_cpu_only_torch_gets_a_typed_error_for_cuda_tensors(tmp_path):
     done = run(package_copy(tmp_path), CUDA_CALL)
     assert done.stdout.startswith("BackendUnavailableError 13 A is on cuda:0") and "CPU-only build" in done.stdout
+
+
+@CUDA_TORCH
+def test_a_cuda_torch_without_a_bundled_variant_of_its_major_gets_a_typed_error(tmp_path):
+    done = run(package_copy(tmp_path), CUDA_CALL)
+    major = torch.version.cuda.split(".")[0]
+    assert done.stdout.startswith("CudaVersionMismatchError 5 A is on cuda:0"), done.stdout + done.stderr
+    assert f"candidates are the CUDA {major} variants" in done.stdout and "bundles none" in done.stdout
 
 
 @pytest.mark.parametrize("value, error", [("abc", "BadOverrideError 3"), ("../../lib", "BadOverrideError 3"),
@@ -149,9 +163,7 @@ def test_a_bad_override_is_refused_at_the_first_cuda_use_but_cpu_keeps_working(t
 
 
 def _fake_manifest(site: Path, variant: str, **changes) -> dict:
-    info = {"abi": 1, "kbit_version": kbit.__version__, "variant": variant, "backend": "cuda", "toolkit": "12.4.131",
-            "sass": [80], "ptx": 80, "compression": "all", "min_driver": "550.54.14", "compiler": "x", "commit": "y"}
-    info.update(changes)
+    info = cuda_manifest(variant, **changes)
     (site / "kbit" / f"kbit_{variant}.build.json").write_text(json.dumps(info))
     return info
 
@@ -186,18 +198,12 @@ const char* kbit_last_error(void) { return ""; }
 
 
 @pytest.fixture(scope="module")
-def abi2_library(tmp_path_factory) -> Path:
-    """A library exporting every kbit function but speaking ABI 2: what a newer kbit's files look like."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
+def newer_abi_library(tmp_path_factory) -> Path:
+    """A library exporting every kbit function but speaking the next ABI: what a newer kbit's files look like."""
     stubs = "\n".join(f"int {name}(void) {{ return 0; }}" for name in _abi.PROTOTYPES
                       if name not in ("kbit_abi_version", "kbit_build_info", "kbit_last_error"))
-    folder = tmp_path_factory.mktemp("abi2")
-    (folder / "fake.c").write_text(FAKE_KBIT % {"abi": _abi.ABI_VERSION + 1, "stubs": stubs})
-    lib = folder / "libkbit_cpu.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(folder / "fake.c")], check=True)
-    return lib
+    source = FAKE_KBIT % {"abi": _abi.ABI_VERSION + 1, "stubs": stubs}
+    return compile_library(source, tmp_path_factory.mktemp("newer_abi"), "libkbit_cpu.so")
 
 
 STALE = """
@@ -212,9 +218,9 @@ except kbit.AbiMismatchError as e:
 """
 
 
-def test_a_library_upgraded_under_a_running_process_says_both_abis_and_to_restart(tmp_path, abi2_library):
+def test_a_library_upgraded_under_a_running_process_says_both_abis_and_to_restart(tmp_path, newer_abi_library):
     site = package_copy(tmp_path)
-    done = run(site, STALE, None, str(abi2_library))
+    done = run(site, STALE, None, str(newer_abi_library))
     out = done.stdout
     assert out.startswith("AbiMismatchError 11"), done.stderr
     assert f"speaks kbit ABI {_abi.ABI_VERSION + 1}" in out and f"speaks ABI {_abi.ABI_VERSION}" in out
@@ -271,6 +277,7 @@ def test_elf_requirements_of_the_cpu_library():
 @pytest.fixture(scope="module")
 def cuda130_sm80(tmp_path_factory):
     from ci import build_variant, matrix
+
     from conftest import require_tool
 
     try:
@@ -301,10 +308,24 @@ def test_the_cuda_build_records_min_driver_from_the_matrix(cuda130_sm80):
 
 
 @pytest.mark.compile
+@CUDA_TORCH
+def test_a_cuda_torch_without_a_driver_is_told_to_install_one(site_with_cuda):
+    if driver_present():
+        pytest.skip("this machine has an NVIDIA driver")
+    done = kbit_cli(site_with_cuda)
+    assert done.returncode == 8, done.stdout + done.stderr
+    line = next(row for row in done.stdout.splitlines() if row.startswith("  cuda130 "))
+    assert "SASS sm_80, PTX compute_80  min driver 580.65.06  glibc >= 2." in line and line.endswith("(present)")
+    assert "decision: CUDA tensors -> none (default)" in done.stdout and "no usable NVIDIA driver was found" in done.stdout
+    assert "cuda130: ok" not in done.stdout  # not loaded: there is no driver to run it
+
+
+@pytest.mark.compile
+@CPU_TORCH
 def test_bundled_cuda_variant_is_listed_but_not_chosen_for_cpu_torch(site_with_cuda):
     done = kbit_cli(site_with_cuda)
     assert done.returncode == 0, done.stdout + done.stderr
-    line = next(l for l in done.stdout.splitlines() if l.startswith("  cuda130 "))
+    line = next(row for row in done.stdout.splitlines() if row.startswith("  cuda130 "))
     assert "CUDA 13.0." in line and "SASS sm_80, PTX compute_80  min driver 580.65.06  glibc >= 2." in line
     assert line.endswith("(present)")
     assert "decision: CUDA tensors -> none (default)" in done.stdout and "load:\n  cpu: ok" in done.stdout
@@ -317,14 +338,19 @@ def test_the_override_loads_the_real_cuda_library_which_reports_no_driver(site_w
     done = kbit_cli(site_with_cuda, "--json", env={"BNB_CUDA_VERSION": value})
     report = json.loads(done.stdout)
     assert report["decision"]["variant"] == "cuda130" and report["decision"]["source"] == "override"
-    assert any("CPU-only build" in w for w in report["decision"]["warnings"])
+    cpu_torch = torch.version.cuda is None
+    if cpu_torch:
+        assert any("CPU-only build" in w for w in report["decision"]["warnings"])
     cuda = next(r for r in report["loads"] if r["variant"] == "cuda130")
     assert cuda["error"] is None and cuda["path"] == str(site_with_cuda / "kbit" / "libkbit_cuda130.so")
     assert cuda["build_info"]["sass"] == [80] and cuda["build_info"]["toolkit"].startswith("13.0")
     if cuda["device_status"] == 0:
         pytest.skip("this machine has a GPU driver")
     assert cuda["device_status"] == 2 and "cudaErrorInsufficientDriver" in cuda["device_detail"]
-    assert report["exit_code"] == 0 and "override_contradicts_facts" in [f["key"] for f in report["findings"]]
+    assert cpu_torch or any("no NVIDIA driver was found" in w for w in report["decision"]["warnings"])
+    # with a CPU-only torch no CUDA tensor can reach the library, so kbit is usable; a CUDA torch has no driver
+    assert report["exit_code"] == (0 if cpu_torch else 8)
+    assert "override_contradicts_facts" in [f["key"] for f in report["findings"]]
 
 
 @pytest.mark.compile
@@ -370,22 +396,9 @@ def test_sixteen_threads_racing_the_first_cuda_use_decide_and_load_once(site_wit
 # ----------------------------------------------------------------------------------------- manifests vs matrix.toml
 
 def check_manifest_against_matrix(info: dict) -> list[str]:
-    """What a CUDA variant's build manifest says that its matrix.toml row does not (an arch subset is allowed:
-    `ci/build_variant.py --archs` builds one; PTX must then be its newest arch)."""
     from ci import matrix
 
-    row = matrix.load()[info["variant"]]
-    problems = []
-    if ".".join(info["toolkit"].split(".")[:2]) != row.toolkit:
-        problems.append(f"toolkit {info['toolkit']} vs {row.toolkit}")
-    if not info["sass"] or not set(info["sass"]) <= set(row.sass) or info["ptx"] != max(info["sass"]):
-        problems.append(f"sass {info['sass']} ptx {info['ptx']} vs {list(row.sass)} ptx {row.ptx}")
-    if info["sass"] == list(row.sass) and info["ptx"] != row.ptx:
-        problems.append(f"ptx {info['ptx']} vs {row.ptx}")
-    if info["min_driver"] != row.min_driver or info["compression"] != row.compression:
-        problems.append(f"min_driver/compression {info['min_driver']}/{info['compression']} vs "
-                        f"{row.min_driver}/{row.compression}")
-    return problems
+    return matrix.manifest_problems(matrix.load()[info["variant"]], info)
 
 
 def test_every_installed_manifest_agrees_with_matrix_toml():
@@ -394,19 +407,6 @@ def test_every_installed_manifest_agrees_with_matrix_toml():
             assert check_manifest_against_matrix(info) == [], name
         else:
             assert info["sass"] == [] and info["ptx"] is None and info["toolkit"] is None
-
-
-def test_the_check_catches_a_manifest_that_drifted_from_the_matrix():
-    from ci import matrix
-
-    row = matrix.load()["cuda130"]
-    good = {"variant": "cuda130", "toolkit": "13.0.88", "sass": list(row.sass), "ptx": row.ptx,
-            "min_driver": row.min_driver, "compression": row.compression}
-    assert check_manifest_against_matrix(good) == []
-    assert check_manifest_against_matrix({**good, "sass": [70, 75]})  # sm_70 is not in the row
-    assert check_manifest_against_matrix({**good, "toolkit": "12.8.93"})
-    assert check_manifest_against_matrix({**good, "min_driver": "570.26"})
-    assert "-DKBIT_MIN_DRIVER=" + row.min_driver in matrix.cmake_args(row)
 
 
 @pytest.mark.compile

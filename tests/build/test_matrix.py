@@ -240,3 +240,45 @@ def test_a_fetchable_toolkit_points_at_its_nox_session(monkeypatch, tmp_path):
         pytest.skip("this machine has CUDA 12.4 at a default place")
     with pytest.raises(build_variant.ToolkitNotFoundError, match=r"run `nox -s toolkit-cuda124`"):
         build_variant.find_toolkit(variant)
+
+
+# ------------------------------------------------------------------ build manifests against the matrix
+
+def _good_manifest(row: matrix.Variant) -> dict:
+    return {"abi": 2, "variant": row.name, "backend": "cuda", "toolkit": f"{row.toolkit}.88", "sass": list(row.sass),
+            "ptx": row.ptx, "min_driver": row.min_driver, "compression": row.compression}
+
+
+def test_manifest_problems_find_every_kind_of_drift():
+    row = matrix.load()["cuda130"]
+    good = _good_manifest(row)
+    assert matrix.manifest_problems(row, good) == []
+    assert matrix.manifest_problems(row, {**good, "sass": [80], "ptx": 80}) == []  # an --archs subset build
+    assert matrix.manifest_problems(row, {**good, "sass": [70, 75]})[0].startswith("sass [70, 75]")  # sm_70: not in row
+    assert matrix.manifest_problems(row, {**good, "sass": [80], "ptx": 75})  # a subset's PTX is its newest arch
+    assert matrix.manifest_problems(row, {**good, "toolkit": "12.8.93"}) == [f"toolkit 12.8.93 vs {row.toolkit}"]
+    assert matrix.manifest_problems(row, {**good, "min_driver": "570.26"})[0].startswith("min_driver/compression")
+    assert matrix.manifest_problems(row, {**good, "variant": "cuda128"})
+    assert "-DKBIT_MIN_DRIVER=" + row.min_driver in matrix.cmake_args(row)
+    cpu = matrix.load()["cpu"]
+    cpu_info = {"variant": "cpu", "backend": "cpu", "sass": [], "ptx": None, "toolkit": None}
+    assert matrix.manifest_problems(cpu, cpu_info) == []
+    assert matrix.manifest_problems(cpu, {**cpu_info, "sass": [80]})
+
+
+def test_every_build_refuses_a_manifest_that_drifted_or_differs_from_the_library(tmp_path):
+    row = matrix.load()["cuda130"]
+    library = tmp_path / "libkbit_cuda130.so"
+    manifest = tmp_path / "kbit_cuda130.build.json"
+    good = _good_manifest(row)
+    manifest.write_text(json.dumps(good))
+    build_variant.check_manifest(row, library, good, list(row.sass))  # agrees: no error
+    drifted = {**good, "min_driver": "570.26"}
+    manifest.write_text(json.dumps(drifted))
+    with pytest.raises(build_variant.BuildError, match="drifted from matrix.toml's cuda130 row: min_driver"):
+        build_variant.check_manifest(row, library, drifted, list(row.sass))
+    with pytest.raises(build_variant.BuildError, match="but .* reports"):
+        build_variant.check_manifest(row, library, good, list(row.sass))  # the file says another thing
+    manifest.write_text(json.dumps(good))
+    with pytest.raises(build_variant.BuildError, match="not what was asked for"):
+        build_variant.check_manifest(row, library, good, [80])
