@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ci import elfdeps, glibc_pin, matrix, portability
+
 from conftest import ROOT, require_tool
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF libraries are Linux only")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ci import smoke_old_glibc as smoke
+
 from conftest import require_tool
 
 MANIFEST_CPU = {"abi": 1, "backend": "cpu", "variant": "cpu"}
