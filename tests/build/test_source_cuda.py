@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, require_tool
 from ci import matrix, source_cuda, wheel
+
+from conftest import ROOT, require_tool
 
 NVCC13 = Path("/usr/local/cuda-13.0/bin/nvcc")
 

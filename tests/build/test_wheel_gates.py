@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cmake_binaries, require_tool
 from ci import build_variant, matrix, wheel
+
+from conftest import ROOT, cmake_binaries, require_tool
 
 DATA = Path(__file__).parent / "data"
 VARIANTS = matrix.load()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, require_tool
 from ci import wheel
+
+from conftest import ROOT, require_tool
 
 pytestmark = pytest.mark.slow
 
