@@ -72,7 +72,7 @@ void quantize_all(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t b
   if (use_avx2()) block = &quantize_block_avx2<Q, T>;
 #endif
   const int64_t blocks = block_count(n, bs);
-  parallel_for(blocks, threads, [&](int64_t b) {
+  parallel_for(blocks, team_for(n, threads), [&](int64_t b) {
     const int64_t start = b * bs;
     block(in + start, absmax + b, out + start / 2, n - start < bs ? n - start : bs);
   });
@@ -149,7 +149,7 @@ void dequantize_all(const uint8_t* packed, const float* absmax, T* out, int64_t 
   const int64_t blocks = block_count(n, bs);
   const bool streaming = stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
   (void)streaming;  // only the x86 paths stream
-  parallel_ranges(blocks, threads, [&](int64_t first, int64_t last) {
+  parallel_ranges(blocks, team_for(n, threads), [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       const int64_t start = b * bs;
       const int64_t len = n - start < bs ? n - start : bs;

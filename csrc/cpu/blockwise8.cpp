@@ -51,7 +51,7 @@ template <class T>
 void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t bs, int32_t threads) {
   const int64_t blocks = block_count(n, bs);
   const MapView& map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
-  parallel_for(blocks, threads, [&](int64_t b) {
+  parallel_for(blocks, team_for(n, threads), [&](int64_t b) {
     const int64_t start = b * bs;
     const int64_t len = n - start < bs ? n - start : bs;
     const float m = block_absmax(in + start, len);
@@ -97,7 +97,7 @@ void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_
   // stream_block writes float outputs only
   const bool streaming = std::is_same<T, float>::value && stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
   (void)streaming;  // only the x86 path streams
-  parallel_ranges(blocks, threads, [&](int64_t first, int64_t last) {
+  parallel_ranges(blocks, team_for(n, threads), [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       const int64_t start = b * bs;
       const int64_t len = n - start < bs ? n - start : bs;

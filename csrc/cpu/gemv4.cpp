@@ -95,7 +95,8 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
   std::vector<float> a_buffer;
   const float* a = widen(A, M * K, a_buffer);
   const DotFn dot = dot_lanes();
-  parallel_ranges(N, threads, [&](int64_t first, int64_t last) {
+  // work counted as multiply-adds (cheaper than a quantized element: the count errs towards starting threads)
+  parallel_ranges(N, team_for(M * N * K, threads), [&](int64_t first, int64_t last) {
     std::vector<float> w(static_cast<size_t>(K > 0 ? K : 1));
     for (int64_t j = first; j < last; ++j) {
       decode_row(packed, absmax, j, K, bs, table, w.data());

@@ -34,7 +34,7 @@ template <class T, int KIND>
 void update_32bit(void* p, const void* g, float* s1, float* s2, int64_t n, const OptimScalars& k, int32_t threads) {
   const int64_t chunks = (n + kChunk32 - 1) / kChunk32;
   float* s3 = KIND == kAdemamix ? s1 + n : nullptr;
-  parallel_for(chunks, threads, [&](int64_t c) {
+  parallel_for(chunks, team_for(n, threads), [&](int64_t c) {
     const int64_t begin = c * kChunk32, end = begin + kChunk32 < n ? begin + kChunk32 : n;
     update_32bit_range<T, KIND>(static_cast<T*>(p), static_cast<const T*>(g), s1, s2, s3, begin, end, k);
   });
@@ -160,7 +160,7 @@ void update_8bit(void* p_, const void* g_, uint8_t* c1, uint8_t* c2, float* am1,
   T* p = static_cast<T*>(p_);
   const T* g = static_cast<const T*>(g_);
   const int64_t blocks = block_count(n, kOptimBlock);
-  parallel_for(blocks, threads, [&](int64_t b) {
+  parallel_for(blocks, team_for(n, threads), [&](int64_t b) {
     const int64_t start = b * kOptimBlock;
     const int len = static_cast<int>(n - start < kOptimBlock ? n - start : kOptimBlock);
     const QState q1{c1 + start, am1 + b};
