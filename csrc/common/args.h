@@ -7,6 +7,7 @@
 
 #include "common/dispatch.h"
 #include "common/status.h"
+#include "numerics/blockwise8.h"
 #include "numerics/optim.h"
 
 namespace kbit {
@@ -32,6 +33,29 @@ inline int check_blockwise_8bit(int32_t dtype, const void* in, const void* absma
 }
 
 inline int64_t block_count(int64_t n, int32_t blocksize) { return (n + blocksize - 1) / blocksize; }
+
+/* The checks of the _map entry points: those above with this library's largest blocksize, and the map pointer. */
+inline int check_blockwise_8bit_map(int32_t dtype, const float* code, const void* in, const void* absmax,
+                                    const void* out, int64_t n, int32_t blocksize, int32_t max_blocksize) {
+  KBIT_CHECK(code != nullptr, KBIT_ERR_INVALID_ARGUMENT, "code is NULL; pass the 256 float32 values of the map");
+  KBIT_CHECK(is_power_of_two_in(blocksize, KBIT_BLOCKSIZE_8BIT_MIN, max_blocksize), KBIT_ERR_INVALID_ARGUMENT,
+             "blocksize %d is not a power of two in %d..%d", blocksize, KBIT_BLOCKSIZE_8BIT_MIN, max_blocksize);
+  return check_blockwise_8bit(dtype, in, absmax, out, n, KBIT_BLOCKSIZE_8BIT_MIN);
+}
+
+/* A map in host memory that nearest_code cannot search exactly (numerics/blockwise8.h check_code_map). */
+inline int check_map_values(const float* code) {
+  int where = -1;
+  const int problem = check_code_map(code, &where);
+  KBIT_CHECK(problem != kMapNotFinite, KBIT_ERR_INVALID_ARGUMENT, "code[%d] is not finite", where);
+  KBIT_CHECK(problem != kMapNotSorted, KBIT_ERR_INVALID_ARGUMENT,
+             "code[%d] < code[%d]: the map must be sorted in ascending order", where, where - 1);
+  KBIT_CHECK(problem != kMapTooLarge, KBIT_ERR_INVALID_ARGUMENT,
+             "code[%d - 1] + code[%d] overflows float32; scale the map into [-1, 1]", where, where);
+  KBIT_CHECK(problem != kMapTooSmall, KBIT_ERR_INVALID_ARGUMENT,
+             "|code[%d]| is below 2^-100 but not 0; midpoints that small are not split exactly", where);
+  return KBIT_OK;
+}
 
 }  // namespace kbit
 
