@@ -195,6 +195,20 @@ KBIT_API int kbit_dequantize_blockwise_8bit_map(int32_t dtype, const float* code
                                                 const float* absmax, void* out, int64_t n, int32_t blocksize,
                                                 void* stream, int32_t num_threads);
 
+/* ---- LLM.int8 (ABI 3; numerics in csrc/numerics/int8.h). A is rows x cols, row-major. ----
+ * Row-wise int8 quantization: row_stats[r] = max |A[r, :]| over the elements with |x| < threshold (all of
+ * them when threshold is 0; NaN-propagating); out[r, j] = rint(A[r, j] * (127 / row_stats[r])), clamped to
+ * +-127, and 0 where outlier_cols[j] is nonzero (outlier_cols: cols bytes, or NULL for none). A row whose stats
+ * are 0 or not finite stores zeros. */
+KBIT_API int kbit_int8_vectorwise_quant(int32_t dtype, const void* A, const uint8_t* outlier_cols, float threshold,
+                                        int8_t* out, float* row_stats, int64_t rows, int64_t cols, void* stream,
+                                        int32_t num_threads);
+/* out[r, j] = float(A[r, j]) * (row_stats[r] * col_stats[j] * (1 / 127^2)) (+ bias[j]) in float32, rounded to
+ * dtype, for A the int32 product of two row-quantized int8 matrices (rows x cols); bias (cols, dtype) or NULL. */
+KBIT_API int kbit_int8_mm_dequant(int32_t dtype, const int32_t* A, const float* row_stats, const float* col_stats,
+                                  const void* bias, void* out, int64_t rows, int64_t cols, void* stream,
+                                  int32_t num_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -98,6 +98,37 @@ inline int check_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, con
   return KBIT_OK;
 }
 
+/* LLM.int8 (numerics/int8.h): rows x cols, row-major. */
+inline int check_int8_sizes(int64_t rows, int64_t cols) {
+  KBIT_CHECK(rows >= 0 && cols >= 0, KBIT_ERR_INVALID_ARGUMENT, "negative size: rows = %lld, cols = %lld",
+             static_cast<long long>(rows), static_cast<long long>(cols));
+  KBIT_CHECK(cols == 0 || rows <= INT64_MAX / cols, KBIT_ERR_INVALID_ARGUMENT, "rows * cols overflows int64");
+  return KBIT_OK;
+}
+
+inline int check_int8_quant(int32_t dtype, const void* A, const void* out, const void* row_stats, int64_t rows,
+                            int64_t cols, float threshold) {
+  if (int s = check_dtype(dtype)) return s;
+  if (int s = check_int8_sizes(rows, cols)) return s;
+  KBIT_CHECK(threshold >= 0.0f, KBIT_ERR_INVALID_ARGUMENT, "threshold = %g; pass 0 (no outliers) or a positive value",
+             static_cast<double>(threshold));
+  KBIT_CHECK(rows == 0 || row_stats != nullptr, KBIT_ERR_INVALID_ARGUMENT, "row_stats is NULL with rows = %lld",
+             static_cast<long long>(rows));
+  KBIT_CHECK(rows * cols == 0 || (A != nullptr && out != nullptr), KBIT_ERR_INVALID_ARGUMENT,
+             "A or out is NULL with %lld elements", static_cast<long long>(rows * cols));
+  return KBIT_OK;
+}
+
+inline int check_int8_mm_dequant(int32_t dtype, const void* A, const void* row_stats, const void* col_stats,
+                                 const void* out, int64_t rows, int64_t cols) {
+  if (int s = check_dtype(dtype)) return s;
+  if (int s = check_int8_sizes(rows, cols)) return s;
+  KBIT_CHECK(rows * cols == 0 || (A != nullptr && row_stats != nullptr && col_stats != nullptr && out != nullptr),
+             KBIT_ERR_INVALID_ARGUMENT, "A, row_stats, col_stats or out is NULL with %lld elements",
+             static_cast<long long>(rows * cols));
+  return KBIT_OK;
+}
+
 /* The CPU library's launch arguments: no stream, and the thread count torch uses. */
 inline int check_host_launch(void* stream, int32_t threads) {
   KBIT_CHECK(stream == nullptr, KBIT_ERR_INVALID_ARGUMENT,

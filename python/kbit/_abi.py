@@ -78,6 +78,8 @@ PROTOTYPES: dict[str, tuple[type, tuple]] = {
     "kbit_managed_free": (_c_int, (_vp,)),
     "kbit_quantize_blockwise_8bit_map": (_c_int, (_i32, _vp, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
     "kbit_dequantize_blockwise_8bit_map": (_c_int, (_i32, _vp, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
+    "kbit_int8_vectorwise_quant": (_c_int, (_i32, _vp, _vp, ctypes.c_float, _vp, _vp, _i64, _i64, _vp, _i32)),
+    "kbit_int8_mm_dequant": (_c_int, (_i32, _vp, _vp, _vp, _vp, _vp, _i64, _i64, _vp, _i32)),
 }
 
 STATUS_ERRORS = {
