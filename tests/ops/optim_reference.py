@@ -152,3 +152,59 @@ class Reference:
         else:
             self.s = [n1, n2, n3]
         self.p = p_new.to(self.dtype)
+
+
+# ------------------------------------------------------------------- trust ratio, schedules, clipping (issue 12)
+
+def ademamix_schedule(step: int, alpha: float, b1: float, b3: float, t_alpha, t_beta3) -> tuple[float, float]:
+    """(alpha_t, beta3_t) of AdEMAMix's warm-ups, from the paper's formulas as bitsandbytes writes them."""
+    a = min(step * alpha / t_alpha, alpha) if t_alpha else alpha
+    if t_beta3:
+        frac = step / t_beta3
+        b3 = min(math.exp(math.log(b1) * math.log(b3) / ((1 - frac) * math.log(b3) + frac * math.log(b1))), b3)
+    return a, b3
+
+
+def clip_scale(g: torch.Tensor, history: torch.Tensor, step: int, percentile: int) -> float:
+    """bitsandbytes' percentile clipping: record |g|^2 at step % 100, scale = clip / current when above."""
+    history[step % 100] = g.float().square().sum()
+    current = history[step % 100].sqrt()
+    clip = history.sort().values[percentile].sqrt()
+    return (clip / current).item() if current > clip else 1.0
+
+
+class TrustRatioReference:
+    """LARS (momentum) / LAMB (Adam, decoupled decay) in float32 with 32-bit states, written from bitsandbytes'
+    formulas: the update u of the step is computed first, scaled by min(1, max_unorm * ||p|| / ||u||) (one-state:
+    + eps on both sides), and only the update is scaled (the decoupled decay uses the plain lr)."""
+
+    def __init__(self, kind, p, lr, betas, eps, wd, max_unorm):
+        self.kind, self.lr, self.b1, self.b2, self.eps, self.wd, self.max_unorm = kind, lr, betas[0], betas[1], eps, wd, max_unorm
+        self.p = p.detach().clone().flatten().float()
+        self.s1, self.s2, self.t = torch.zeros_like(self.p), torch.zeros_like(self.p), 0
+
+    def step(self, grad: torch.Tensor) -> None:
+        self.t += 1
+        g = grad.detach().flatten().float()
+        pnorm = self.p.double().norm().item()
+        if self.kind == MOMENTUM:
+            gd = g + self.p * self.wd if self.wd > 0 else g
+            s1 = gd.clone() if self.t == 1 else self.s1 * self.b1 + gd
+            u_pre = g if self.t == 1 else self.s1 * self.b1 + g  # bitsandbytes' norm pass ignores weight decay
+            unorm = u_pre.double().norm().item()
+            limit = self.max_unorm * pnorm + self.eps
+            scale = limit / unorm if unorm > limit else 1.0
+            self.p = self.p - (self.lr * scale) * s1
+            self.s1 = s1
+            return
+        s1 = self.s1 * self.b1 + (1 - self.b1) * g
+        s2 = self.s2 * self.b2 + (1 - self.b2) * g * g
+        u = (s1 / (1 - self.b1 ** self.t)) / ((s2 / (1 - self.b2 ** self.t)).sqrt() + self.eps)
+        unorm = u.double().norm().item()
+        limit = self.max_unorm * pnorm
+        scale = limit / unorm if unorm > limit else 1.0
+        c1, c2 = 1 - self.b1 ** self.t, math.sqrt(1 - self.b2 ** self.t)
+        self.p = self.p + scale * (-self.lr * c2 / c1) * (s1 / (sqrt32(s2) + self.eps * c2))
+        if self.wd > 0:
+            self.p = self.p * (1 - self.lr * self.wd)
+        self.s1, self.s2 = s1, s2

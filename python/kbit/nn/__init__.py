@@ -1,5 +1,7 @@
-"""kbit.nn: torch modules built on kbit's quantized formats (Linear4bit, Linear8bitLt)."""
+"""kbit.nn: torch modules built on kbit's quantized formats (Linear4bit, Linear8bitLt) and the embeddings that
+keep 32-bit optimizer state (StableEmbedding, Embedding)."""
+from kbit.nn.embedding import Embedding, StableEmbedding
 from kbit.nn.linear4bit import Linear4bit
 from kbit.nn.linear8bitlt import Linear8bitLt
 
-__all__ = ["Linear4bit", "Linear8bitLt"]
+__all__ = ["Linear4bit", "Linear8bitLt", "StableEmbedding", "Embedding"]

@@ -25,7 +25,8 @@ import torch
 
 from kbit import _errors
 from kbit.functional import create_dynamic_map
-from kbit.optim import _paged, _update
+from kbit.optim import _clipping, _paged, _update
+from kbit.optim._manager import GlobalOptimManager
 
 _SUPPORTED = tuple(_update.DTYPE_IDS)
 _BNB_WRAPPER = "__bnb_optimizer_quant_state__"  # bitsandbytes 0.50's key for a parameter's 8-bit state
@@ -55,11 +56,12 @@ class KbitOptimizer(torch.optim.Optimizer):
     beta_count: int = 2
 
     def __init__(self, params, defaults: dict, *, optim_bits: int = 32, min_8bit_size: int = 4096,
-                 is_paged: bool = False):
+                 is_paged: bool = False, percentile_clipping: int = 100, max_unorm: float = 0.0):
         if optim_bits not in (8, 32) or isinstance(optim_bits, bool):
             raise _errors.KbitValueError(f"optim_bits={optim_bits!r}; use 8 (blockwise 8-bit states) or 32")
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int) or min_8bit_size < 0:
             raise _errors.KbitValueError(f"min_8bit_size={min_8bit_size!r} must be an int >= 0")
+        defaults = {**defaults, "percentile_clipping": percentile_clipping, "max_unorm": max_unorm}
         self.check_group(defaults)
         super().__init__(params, defaults)
         self.optim_bits, self.min_8bit_size, self.is_paged = optim_bits, min_8bit_size, bool(is_paged)
@@ -78,11 +80,16 @@ class KbitOptimizer(torch.optim.Optimizer):
         return _update.Hyper(group["lr"], b1, b2, 0.0, 0.0, group["eps"], group["weight_decay"])
 
     def check_group(self, group: dict) -> None:
-        """Refuse bad hyperparameters (bitsandbytes' checks: lr, eps, weight_decay >= 0; betas in [0, 1))."""
+        """Refuse bad hyperparameters (bitsandbytes' checks: lr, eps, weight_decay >= 0; betas in [0, 1));
+        max_unorm >= 0 and percentile_clipping an int in 1..100 where a group has them."""
         check_hyper("lr", group["lr"])
         check_hyper("eps", group["eps"])
         check_hyper("weight_decay", group["weight_decay"])
         check_betas(group["betas"], self.beta_count)
+        check_hyper("max_unorm", group.get("max_unorm", 0.0))
+        pc = group.get("percentile_clipping", 100)
+        if isinstance(pc, bool) or not isinstance(pc, int) or not 1 <= pc <= 100:
+            raise _errors.KbitValueError(f"percentile_clipping={pc!r} must be an int in 1..100 (100: off)")
 
     # ------------------------------------------------------------------ checks
 
@@ -120,15 +127,21 @@ class KbitOptimizer(torch.optim.Optimizer):
             warnings.warn(f"{type(self).__name__}: paging has no effect on CPU parameters (paged states live in "
                           f"CUDA managed memory); this optimizer runs as the unpaged one", stacklevel=3)
 
-    def init_state(self, p: torch.Tensor, state: dict) -> None:
-        """Zero states in the 8-bit form (optim_bits == 8 and numel >= min_8bit_size) or the 32-bit form."""
+    def init_state(self, p: torch.Tensor, state: dict, config: dict | None = None) -> None:
+        """Zero states in the 8-bit form (optim_bits == 8 and numel >= min_8bit_size) or the 32-bit form; a
+        GlobalOptimManager override in `config` may change optim_bits and min_8bit_size for this parameter."""
+        config = config or {}
+        optim_bits = config.get("optim_bits", self.optim_bits)
+        min_8bit_size = config.get("min_8bit_size", self.min_8bit_size)
+        if optim_bits not in (8, 32) or isinstance(optim_bits, bool):
+            raise _errors.KbitValueError(f"an override sets optim_bits={optim_bits!r}; use 8 or 32")
         self._warn_paging_on_cpu(p)
         n = p.numel()
         two = _update.state_count(self.kind) >= 2
         copies = _update.state1_copies(self.kind)
         shape1 = (copies, *p.shape) if copies > 1 else tuple(p.shape)
         state["step"] = 0
-        if self.optim_bits == 8 and n >= self.min_8bit_size:
+        if optim_bits == 8 and n >= min_8bit_size:
             blocks = -(-n // _update.BLOCKSIZE)
             state["state1"] = self._zeros(p, shape1, torch.uint8)
             state["qmap1"] = create_dynamic_map(True).to(p.device)
@@ -152,6 +165,8 @@ class KbitOptimizer(torch.optim.Optimizer):
         problems = [f"'{k}' is missing" for k in ("step",) + names if k not in state]
         if "step" in state:
             problems += self._check_step(state)
+        if "gnorm_vec" in state and (not torch.is_tensor(state["gnorm_vec"]) or state["gnorm_vec"].numel() != 100):
+            problems.append("'gnorm_vec' must be 100 float32 values (percentile clipping's gradient-norm history)")
         if not problems:
             eight = state["state1"].dtype == torch.uint8
             expected = torch.uint8 if eight else torch.float32
@@ -212,25 +227,38 @@ class KbitOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        manager = GlobalOptimManager.get_instance()
+        for gi, group in enumerate(self.param_groups):
             self.check_group(group)
-            h = self.hyper(group)
-            for p in group["params"]:
+            for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                self._step_param(p, h)
+                overrides = manager.overrides_for(p, (gi, pi))
+                config = {**group, **overrides} if overrides else group
+                if overrides:
+                    self.check_group(config)
+                self._step_param(p, config)
         return loss
 
-    def _step_param(self, p: torch.Tensor, h: _update.Hyper) -> None:
+    def schedule(self, h: _update.Hyper, config: dict, step: int) -> _update.Hyper:
+        """The hyperparameters of step `step` (1-based) of one parameter; subclasses with schedules override it."""
+        return h
+
+    def _step_param(self, p: torch.Tensor, config: dict) -> None:
         g = self._check_grad(p)
         state = self.state[p]
         if not state:
-            self.init_state(p, state)
+            self.init_state(p, state, config)
         self.check_state(p, state)
         self._state_to_device(p, state)
         state["step"] += 1
+        h = self.schedule(self.hyper(config), config, state["step"])
+        gnorm_scale = _clipping.gnorm_scale(g, state, config.get("percentile_clipping", 100))
+        max_unorm = config.get("max_unorm", 0.0)
+        if max_unorm > 0.0:
+            h = _clipping.trust_ratio_hyper(self.kind, p, g, state, h, gnorm_scale, max_unorm)
         target = p.data if p.data.is_contiguous() else p.data.contiguous()
-        _update.update(self.kind, target, g, state, h)
+        _update.update(self.kind, target, g, state, h, gnorm_scale)
         if target is not p.data:
             p.data.copy_(target)
 

@@ -23,10 +23,18 @@ Where kbit deliberately differs from bitsandbytes' kernels (each follows numeric
   - AdEMAMix 8-bit: the slow EMA's absmax is absmax1[1, b] (the (2, blocks) layout); bitsandbytes' kernel
     indexes (n + i) / 256, which equals that only when n is a multiple of 256.
 Each matched edge is checked in tests/ops/test_optim.py against a plain-torch reference (tests/ops/optim_reference.py).
+  - LARS and LAMB 8-bit keep kbit's blockwise 8-bit states (bitsandbytes' LARS8bit/LAMB8bit use its older
+    non-blockwise 8-bit form, whose state_dicts therefore do not load here); their trust ratio (max_unorm) is
+    computed from the same states either way (kbit.optim._clipping).
+AdEMAMix's t_alpha / t_beta3 warm-up schedules are computed in Python each step, as bitsandbytes does.
 Refused instead of silently ignored (bitsandbytes ignores some of them): amsgrad, nesterov, dampening != 0,
-RMSprop centered/momentum, Adagrad lr_decay/initial_accumulator_value, AdEMAMix t_alpha/t_beta3 schedules.
+RMSprop centered/momentum, Adagrad lr_decay/initial_accumulator_value, LAMB bias_correction=False /
+adam_w_mode=False.
 """
 from __future__ import annotations
+
+import dataclasses
+import math
 
 from kbit import _errors
 from kbit.optim import _update
@@ -50,18 +58,20 @@ class Adam(KbitOptimizer):
     kind = _update.ADAM
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 optim_bits=32, min_8bit_size=4096, is_paged=False):
+                 optim_bits=32, min_8bit_size=4096, is_paged=False, percentile_clipping=100):
         _refuse(bool(amsgrad), "amsgrad=True")
         defaults = dict(lr=lr, betas=_as_tuple(betas), eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged)
+        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged,
+                         percentile_clipping=percentile_clipping)
 
 
 class AdamW(Adam):
     """AdamW: Adam with default weight_decay 1e-2 (decoupled)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                 optim_bits=32, min_8bit_size=4096, is_paged=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, optim_bits, min_8bit_size, is_paged)
+                 optim_bits=32, min_8bit_size=4096, is_paged=False, percentile_clipping=100):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, optim_bits, min_8bit_size, is_paged,
+                         percentile_clipping)
 
 
 class AdEMAMix(KbitOptimizer):
@@ -71,14 +81,35 @@ class AdEMAMix(KbitOptimizer):
     beta_count = 3
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0, t_alpha=None, t_beta3=None,
-                 eps=1e-8, weight_decay=1e-2, optim_bits=32, min_8bit_size=4096, is_paged=False):
-        _refuse(t_alpha is not None or t_beta3 is not None, "t_alpha / t_beta3 (alpha and beta3 schedules)")
-        defaults = dict(lr=lr, betas=_as_tuple(betas), alpha=alpha, eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged)
+                 eps=1e-8, weight_decay=1e-2, optim_bits=32, min_8bit_size=4096, is_paged=False,
+                 percentile_clipping=100):
+        defaults = dict(lr=lr, betas=_as_tuple(betas), alpha=alpha, eps=eps, weight_decay=weight_decay,
+                        t_alpha=t_alpha, t_beta3=t_beta3)
+        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged,
+                         percentile_clipping=percentile_clipping)
 
     def check_group(self, group):
         super().check_group(group)
         check_hyper("alpha", group["alpha"])
+        for name in ("t_alpha", "t_beta3"):
+            t = group.get(name)
+            if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+                raise _errors.KbitValueError(f"{name}={t!r} must be None (no schedule) or a step count >= 1")
+        if group.get("t_beta3") and not 0 < group["betas"][0]:
+            raise _errors.KbitValueError("t_beta3 needs betas[0] > 0 (the schedule interpolates log beta1 and log beta3)")
+
+    def schedule(self, h, config, step):
+        """bitsandbytes' warm-ups: alpha_t = min(t * alpha / t_alpha, alpha); beta3_t = min(exp(ln b1 * ln b3 /
+        ((1 - t/T) ln b3 + (t/T) ln b1)), b3) with T = t_beta3 (in double precision, then float32)."""
+        t_alpha, t_beta3 = config.get("t_alpha"), config.get("t_beta3")
+        alpha, beta3 = h.alpha, h.beta3
+        if t_alpha:
+            alpha = min(step * h.alpha / t_alpha, h.alpha)
+        if t_beta3:
+            ln1, ln3 = math.log(h.beta1), math.log(h.beta3)
+            frac = step / t_beta3
+            beta3 = min(math.exp((ln1 * ln3) / ((1 - frac) * ln3 + frac * ln1)), h.beta3)
+        return h if (alpha, beta3) == (h.alpha, h.beta3) else dataclasses.replace(h, alpha=alpha, beta3=beta3)
 
     def hyper(self, group):
         b1, b2, b3 = group["betas"]
@@ -91,9 +122,10 @@ class Lion(KbitOptimizer):
     kind = _update.LION
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, optim_bits=32, min_8bit_size=4096,
-                 is_paged=False):
+                 is_paged=False, percentile_clipping=100):
         defaults = dict(lr=lr, betas=_as_tuple(betas), eps=0.0, weight_decay=weight_decay)
-        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged)
+        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, is_paged=is_paged,
+                         percentile_clipping=percentile_clipping)
 
 
 class SGD(KbitOptimizer):
@@ -102,7 +134,7 @@ class SGD(KbitOptimizer):
     kind = _update.MOMENTUM
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, optim_bits=32,
-                 min_8bit_size=4096):
+                 min_8bit_size=4096, percentile_clipping=100):
         if not momentum:
             raise _errors.KbitValueError("SGD without momentum keeps no state, so kbit (like bitsandbytes) does "
                                          "not provide it;", fix="pass momentum > 0 or use torch.optim.SGD")
@@ -110,7 +142,8 @@ class SGD(KbitOptimizer):
         _refuse(bool(nesterov), "nesterov=True")
         _refuse(dampening != 0, f"dampening={dampening!r}")
         defaults = dict(lr=lr, betas=(momentum, 0.0), eps=0.0, weight_decay=weight_decay)
-        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size)
+        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size,
+                         percentile_clipping=percentile_clipping)
 
 
 class RMSprop(KbitOptimizer):
@@ -119,13 +152,52 @@ class RMSprop(KbitOptimizer):
     kind = _update.RMSPROP
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 optim_bits=32, min_8bit_size=4096):
+                 optim_bits=32, min_8bit_size=4096, percentile_clipping=100):
         check_hyper("alpha", alpha, below_one=True)
         _refuse(alpha == 0, "alpha=0")
         _refuse(momentum != 0, f"momentum={momentum!r}")
         _refuse(bool(centered), "centered=True")
         defaults = dict(lr=lr, betas=(alpha, 0.0), eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size)
+        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size,
+                         percentile_clipping=percentile_clipping)
+
+
+class LARS(KbitOptimizer):
+    """LARS: SGD with momentum whose step is scaled by the trust ratio max_unorm * ||p|| / ||update||
+    (bitsandbytes' LARS; momentum > 0 required, weight decay added to g)."""
+
+    kind = _update.MOMENTUM
+
+    def __init__(self, params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False, optim_bits=32, args=None,
+                 min_8bit_size=4096, max_unorm=0.02, percentile_clipping=100):
+        if not momentum:
+            raise _errors.KbitValueError("LARS without momentum is not supported (as in bitsandbytes);",
+                                         fix="pass momentum > 0, e.g. 0.9")
+        check_hyper("momentum", momentum, below_one=True)
+        _refuse(bool(nesterov), "nesterov=True")
+        _refuse(dampening != 0, f"dampening={dampening!r}")
+        _refuse(args is not None, "args (bitsandbytes' config object)")
+        defaults = dict(lr=lr, betas=(momentum, 0.0), eps=0.0, weight_decay=weight_decay)
+        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, max_unorm=max_unorm,
+                         percentile_clipping=percentile_clipping)
+
+
+class LAMB(KbitOptimizer):
+    """LAMB: Adam (decoupled weight decay) whose step is scaled by the trust ratio max_unorm * ||p|| / ||update||
+    (bitsandbytes' LAMB)."""
+
+    kind = _update.ADAM
+
+    def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, adam_w_mode=True, optim_bits=32, args=None, min_8bit_size=4096, max_unorm=1.0,
+                 percentile_clipping=100):
+        _refuse(not bias_correction, "bias_correction=False")
+        _refuse(bool(amsgrad), "amsgrad=True")
+        _refuse(not adam_w_mode, "adam_w_mode=False")
+        _refuse(args is not None, "args (bitsandbytes' config object)")
+        defaults = dict(lr=lr, betas=_as_tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size, max_unorm=max_unorm,
+                         percentile_clipping=percentile_clipping)
 
 
 class Adagrad(KbitOptimizer):
@@ -134,11 +206,12 @@ class Adagrad(KbitOptimizer):
     kind = _update.ADAGRAD
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                 optim_bits=32, min_8bit_size=4096):
+                 optim_bits=32, min_8bit_size=4096, percentile_clipping=100):
         _refuse(lr_decay != 0, f"lr_decay={lr_decay!r}")
         _refuse(initial_accumulator_value != 0, f"initial_accumulator_value={initial_accumulator_value!r}")
         defaults = dict(lr=lr, betas=(0.0, 0.0), eps=eps, weight_decay=weight_decay)
-        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size)
+        super().__init__(params, defaults, optim_bits=optim_bits, min_8bit_size=min_8bit_size,
+                         percentile_clipping=percentile_clipping)
 
 
 def _variant(base: type, name: str, **fixed) -> type:
@@ -168,6 +241,10 @@ SGD32bit = _variant(SGD, "SGD32bit", optim_bits=32)
 RMSprop8bit = _variant(RMSprop, "RMSprop8bit", optim_bits=8)
 RMSprop32bit = _variant(RMSprop, "RMSprop32bit", optim_bits=32)
 Adagrad8bit = _variant(Adagrad, "Adagrad8bit", optim_bits=8)
+LARS8bit = _variant(LARS, "LARS8bit", optim_bits=8)
+LARS32bit = _variant(LARS, "LARS32bit", optim_bits=32)
+LAMB8bit = _variant(LAMB, "LAMB8bit", optim_bits=8)
+LAMB32bit = _variant(LAMB, "LAMB32bit", optim_bits=32)
 Adagrad32bit = _variant(Adagrad, "Adagrad32bit", optim_bits=32)
 
 # Paged variants (bitsandbytes has them for Adam, AdamW, Lion and AdEMAMix): states of parameters with at
