@@ -18,8 +18,8 @@ import torch
 
 from kbit import _quant4
 
-GEMV_MAX_ROWS = 4  # rows at which gemv_4bit stops beating dequantize + matmul (ci/bench.py's Linear4bit rows)
-TILE_BYTES = 4 << 20  # a tile of the dequantized weight: about half a core's L2 here, and big enough for the matmul
+GEMV_MAX_ROWS = 8  # rows up to which gemv_4bit beats dequantized tiles + matmul (ci/bench.py, Linear4bit rows)
+TILE_BYTES = 16 << 20  # a tile of the dequantized weight: few enough torch matmul calls (each costs ~ms of thread start here)
 
 _scratch = threading.local()
 
