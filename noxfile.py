@@ -10,7 +10,7 @@
 - check: validate matrix.toml and the generated numerics tables.
 - lint: ruff over the Python code (configuration: pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
 - smoke-old-glibc: load and use every library of a wheel or folder in a Debian bullseye root (glibc 2.31).
-- bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py);
+- bench: CPU figures of kbit's kernels and Linear4bit vs read/copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py);
   `nox -s bench -- --device cuda` times the CUDA kernels on this machine's GPU (built for it by ci/gpu_check.py).
 - tests-cuda: on a GPU machine, ci/gpu_check.py in the current environment (build, install, cuda tests, GPU bench).
 """
@@ -162,7 +162,7 @@ def _device_cuda(args: list[str]) -> tuple[bool, list[str]]:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Time kbit's CPU kernels on 4096x4096 fp32 (median, GB/s) beside copy bandwidth, torch and bitsandbytes;
+    """Time kbit's CPU kernels and Linear4bit as users call them, beside read/copy bandwidth, torch and bitsandbytes;
     `-- --device cuda`: the CUDA kernels on this GPU (ci/gpu_check.py builds the variant for it first)."""
     session.install(*TEST_TORCH)
     cuda, rest = _device_cuda(list(session.posargs))

@@ -1,29 +1,40 @@
-"""CPU benchmark of kbit's kernels against the machine's copy bandwidth, torch and (when installed) bitsandbytes.
+"""Benchmark of kbit's kernels and layers against the machine's memory bandwidth, torch and (when installed)
+bitsandbytes.
 
-This module owns `nox -s bench`: it times, on one size x size float32 tensor (default 4096 x 4096),
- - the memory-copy bandwidth: `dst.copy_(src)` between preallocated tensors (no page faults counted),
- - 8-bit blockwise and 4-bit (nf4, fp4) quantize and dequantize,
- - one optimizer step of AdamW8bit and AdamW32bit, beside torch.optim.AdamW's step on the same parameter,
- - Linear8bitLt's forward at batch 1 and 32 beside the dense nn.Linear of the same weight (linear8bit_ops),
- - the same operations in bitsandbytes when it is importable in the environment,
-and prints the median of `--repeats` timed runs (after one warm-up) with throughput and the targets of
-issue 3. The runs are round-robin (one call of every operation per round), so a burst of load from
-elsewhere on the machine hits the operations being compared alike. Bytes are counted as stated on each line:
-quantize counts the float32 input read, dequantize the output written, copy the bytes written. It reports
-figures; it does not fail on a missed target unless --check is given. It does not run in the test suite
-(tests/ops/test_bench.py runs it on a tiny size).
+This module owns `nox -s bench`. On the CPU (default) it times, each row the way a user calls it (outputs
+allocated by the call) with the `out=` form beside it where the function has one:
+ - the limits: read bandwidth (`x.sum()` over a tensor several times the last-level cache), copy bandwidth
+   (`copy_` between preallocated tensors) and `torch.empty` + a first touch of a fresh output (the page faults a
+   user-form call pays for its result);
+ - 8-bit blockwise and 4-bit (nf4, fp4) quantize and dequantize of one size x size float32 tensor (default 4096);
+ - gemv_4bit as a model runs it: one pass over a stack of distinct layers whose weights together exceed twice the
+   last-level cache (a single weight called again and again is served from the cache and proves nothing),
+   batch 1 and 8, fp32/fp16/bf16 activations, 4096x4096 and 11008x4096, nf4/fp4, blocksizes 64 and 128, each row
+   beside F.linear on the dense weight of the activation's dtype (a stack of its own of the same kind);
+ - Linear4bit (nf4, bs 64, fp32 and bf16) at batches 1 to 512 beside the dense layer and dequantize_4bit +
+   F.linear, on the same kind of stack;
+ - one optimizer step of AdamW8bit and AdamW32bit, beside torch.optim.AdamW's step;
+ - Linear8bitLt's forward at batch 1 and 32 beside the dense nn.Linear of the same weight (linear8bit_ops);
+ - bitsandbytes' versions of quantize / dequantize / AdamW8bit when it is importable.
+Each row states its bytes and its fraction of the limit that bounds it: rows that read (quantize, gemv, the
+linear layers, sum) against the read bandwidth, rows that write an output (dequantize, copy, first touch)
+against the copy bandwidth. Timings are medians of `--repeats` round-robin rounds (one call of every op of a
+group per round, after a warm-up), so a burst of load elsewhere on the machine hits the operations being compared
+alike. It reports figures; it fails on a missed target only with --check. tests/ops/test_bench.py runs it tiny.
 
 With --device cuda it times the CUDA kernels instead (one GPU, CUDA events; see the "GPU bench" section below):
 quantize/dequantize 8-bit and 4-bit, gemv_4bit at batch 1 against F.linear on the dense weight, and the AdamW8bit /
 AdamW32bit steps against torch.optim.AdamW(fused=True), each as GB/s and as a fraction of the device's measured
 copy bandwidth, with the verdicts of issue 10's targets. Without a GPU it stops with a message (exit code 2).
 
-CLI: python ci/bench.py [--device cpu|cuda] [--size N] [--repeats R] [--threads T] [--json] [--check]
+CLI: python ci/bench.py [--device cpu|cuda] [--size N] [--repeats R] [--threads T] [--gemv-shapes S]
+                        [--stack-bytes B] [--json] [--check]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -31,32 +42,48 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-COPY_FRACTION = 0.80   # dequantize (bytes written) must reach this fraction of the copy bandwidth
-QUANTIZE_GBPS = 2.0    # quantize_4bit and quantize_blockwise: GB/s of float32 input
+COPY_FRACTION = 0.80      # dequantize (bytes written, out= form) must reach this fraction of the copy bandwidth
+QUANTIZE_GBPS = 2.0       # quantize_4bit and quantize_blockwise: GB/s of float32 input
+GEMV_SPEEDUP = 3.0        # gemv_4bit: at least this much faster than F.linear on the dense weight of A's dtype
+GEMV_READ_FACTOR = 1.5    # ... and within this factor of the time to read its packed weight at the read bandwidth
+CPU_GEMV_SHAPES = "4096x4096,11008x4096"  # out_features x in_features
+LINEAR_BATCHES = (1, 2, 4, 8, 16, 64, 512)
+FALLBACK_LLC = 32 << 20   # when sysfs does not say
 
 
 @dataclass
 class Row:
-    """One measured operation."""
+    """One measured operation. `limit` names the bandwidth that bounds it (read or copy) and `fraction` is its
+    GB/s over that bandwidth; `baseline` is the row its target compares with."""
 
     library: str
     operation: str
     median_ms: float
     gbps: float | None
     counted: str
+    form: str = ""
+    limit: str = ""
+    fraction: float | None = None
+    baseline: str = ""
+    baseline_ms: float | None = None
+    spread: str = ""
     target: str = ""
     verdict: str = ""
 
 
 @dataclass
 class Op:
-    """One operation to time: a call, and how its throughput is counted."""
+    """One operation to time: a call, how its throughput is counted, and what bounds it."""
 
     library: str
     operation: str
     fn: Callable[[], object]
     nbytes: int | None = None
     counted: str = ""
+    form: str = "user"
+    limit: str = ""
+    baseline: str = ""
+    per_call: int = 1  # calls of the op one fn() makes (a stack pass: its layers); times are per call
 
 
 def round_robin(ops: list[Op], repeats: int) -> list[Row]:
@@ -68,34 +95,69 @@ def round_robin(ops: list[Op], repeats: int) -> list[Row]:
         for op, bucket in zip(ops, times):
             start = time.perf_counter()
             op.fn()
-            bucket.append(time.perf_counter() - start)
-    return [_row(op, statistics.median(bucket)) for op, bucket in zip(ops, times)]
+            bucket.append((time.perf_counter() - start) / op.per_call)
+    return [_row(op, bucket) for op, bucket in zip(ops, times)]
 
 
-def _row(op: Op, seconds: float) -> Row:
+def _row(op: Op, bucket: list[float]) -> Row:
+    seconds = statistics.median(bucket)
     gbps = op.nbytes / seconds / 1e9 if op.nbytes else None
-    return Row(op.library, op.operation, seconds * 1e3, gbps, op.counted)
+    spread = f"{min(bucket) * 1e3:.2f}-{max(bucket) * 1e3:.2f}" if len(bucket) > 1 else ""
+    return Row(op.library, op.operation, seconds * 1e3, gbps, op.counted, op.form, op.limit, baseline=op.baseline,
+               spread=spread)
 
 
-def copy_op(torch, x) -> Op:
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache sysfs reports (FALLBACK_LLC when it reports none)."""
+    sizes = []
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for entry in (os.listdir(base) if os.path.isdir(base) else []):
+        try:
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes) if sizes else FALLBACK_LLC
+
+
+# ------------------------------------------------------------------------------------------ limits
+
+def limit_ops(torch, x, stack_bytes: int) -> list[Op]:
+    big = torch.ones(max(stack_bytes, x.numel() * 4) // 4)
     dst = torch.empty_like(x)
-    return Op("torch", "copy_ (preallocated)", lambda: dst.copy_(x), x.numel() * 4, "bytes written")
+    n = x.numel()
+    return [Op("torch", f"sum (read bandwidth, {big.numel() * 4 >> 20} MiB)", big.sum, big.numel() * 4, "bytes read",
+               limit="read"),
+            Op("torch", "copy_ (copy bandwidth)", lambda: dst.copy_(x), n * 4, "bytes written", "out=", "copy"),
+            Op("torch", "empty + first touch (fp32, page faults)", lambda: torch.empty(n).fill_(0.0), n * 4,
+               "bytes written", limit="copy")]
 
+
+# ------------------------------------------------------------------------------------------ quantize / dequantize
 
 def kbit_quant_ops(torch, x) -> list[Op]:
     import kbit.functional as F
 
     nbytes, out = x.numel() * 4, torch.empty_like(x)
     codes, state = F.quantize_blockwise(x)
-    ops = [Op("kbit", "quantize_blockwise (8-bit, bs 4096)", lambda: F.quantize_blockwise(x), nbytes, "fp32 input read"),
+    ops = [Op("kbit", "quantize_blockwise (8-bit, bs 4096)", lambda: F.quantize_blockwise(x), nbytes, "fp32 input read",
+              limit="read"),
+           Op("kbit", "dequantize_blockwise (8-bit, bs 4096)", lambda: F.dequantize_blockwise(codes, state), nbytes,
+              "fp32 output written", limit="copy"),
            Op("kbit", "dequantize_blockwise (8-bit, bs 4096)", lambda: F.dequantize_blockwise(codes, state, out=out),
-              nbytes, "fp32 output written")]
+              nbytes, "fp32 output written", "out=", "copy")]
     for quant_type in ("nf4", "fp4"):
         packed, qstate = F.quantize_4bit(x, blocksize=64, quant_type=quant_type)
         ops.append(Op("kbit", f"quantize_4bit ({quant_type}, bs 64)",
-                      lambda q=quant_type: F.quantize_4bit(x, blocksize=64, quant_type=q), nbytes, "fp32 input read"))
+                      lambda q=quant_type: F.quantize_4bit(x, blocksize=64, quant_type=q), nbytes, "fp32 input read",
+                      limit="read"))
+        ops.append(Op("kbit", f"dequantize_4bit ({quant_type}, bs 64)", lambda p=packed, s=qstate: F.dequantize_4bit(p, s),
+                      nbytes, "fp32 output written", limit="copy"))
         ops.append(Op("kbit", f"dequantize_4bit ({quant_type}, bs 64)",
-                      lambda p=packed, s=qstate: F.dequantize_4bit(p, s, out=out), nbytes, "fp32 output written"))
+                      lambda p=packed, s=qstate: F.dequantize_4bit(p, s, out=out), nbytes, "fp32 output written",
+                      "out=", "copy"))
     return ops
 
 
@@ -109,9 +171,12 @@ def _optimizer_step(torch, make: Callable, size: int) -> Callable[[], object]:
 def optimizer_ops(torch, size: int) -> list[Op]:
     import kbit.optim
 
-    return [Op("torch", "AdamW step (fp32 state, foreach)", _optimizer_step(torch, lambda p: torch.optim.AdamW(p, lr=1e-3), size)),
-            Op("kbit", "AdamW8bit step", _optimizer_step(torch, lambda p: kbit.optim.AdamW8bit(p, lr=1e-3), size)),
-            Op("kbit", "AdamW32bit step", _optimizer_step(torch, lambda p: kbit.optim.AdamW32bit(p, lr=1e-3), size))]
+    return [Op("torch", "AdamW step (fp32 state, foreach)", _optimizer_step(torch, lambda p: torch.optim.AdamW(p, lr=1e-3), size),
+               form="in place"),
+            Op("kbit", "AdamW8bit step", _optimizer_step(torch, lambda p: kbit.optim.AdamW8bit(p, lr=1e-3), size),
+               form="in place"),
+            Op("kbit", "AdamW32bit step", _optimizer_step(torch, lambda p: kbit.optim.AdamW32bit(p, lr=1e-3), size),
+               form="in place")]
 
 
 def linear8bit_ops(torch, size: int, batches: tuple[int, ...] = (1, 32)) -> list[Op]:
@@ -143,7 +208,8 @@ def linear8bit_ops(torch, size: int, batches: tuple[int, ...] = (1, 32)) -> list
             def call(layer=layer, x=x):
                 with torch.no_grad():
                     return layer(x)
-            ops.append(Op(library, f"{name} batch {batch}", call, size * size * weight_bytes, "weight bytes read"))
+            ops.append(Op(library, f"{name} batch {batch}", call, size * size * weight_bytes, "weight bytes read",
+                          limit="read"))
     return ops
 
 
@@ -162,66 +228,222 @@ def bitsandbytes_ops(torch, x, size: int) -> tuple[list[Op], list[Row]]:
     except Exception as exc:  # not installed, or broken: say which
         return [], [_not_measured("bitsandbytes", exc)]
     nbytes = x.numel() * 4
-    ops = [Op("bitsandbytes", "quantize_blockwise (8-bit)", lambda: BF.quantize_blockwise(x), nbytes, "fp32 input read"),
+    ops = [Op("bitsandbytes", "quantize_blockwise (8-bit)", lambda: BF.quantize_blockwise(x), nbytes, "fp32 input read",
+              limit="read"),
            Op("bitsandbytes", "dequantize_blockwise (8-bit)", lambda: BF.dequantize_blockwise(codes, state), nbytes,
-              "fp32 output written"),
+              "fp32 output written", limit="copy"),
            Op("bitsandbytes", "quantize_4bit (nf4, bs 64)", lambda: BF.quantize_4bit(x, blocksize=64, quant_type="nf4"),
-              nbytes, "fp32 input read"),
+              nbytes, "fp32 input read", limit="read"),
            Op("bitsandbytes", "dequantize_4bit (nf4, bs 64)", lambda: BF.dequantize_4bit(packed, qstate), nbytes,
-              "fp32 output written")]
+              "fp32 output written", limit="copy")]
     try:
-        ops.append(Op("bitsandbytes", "AdamW8bit step", _optimizer_step(torch, lambda p: bnb.optim.AdamW8bit(p, lr=1e-3), size)))
+        ops.append(Op("bitsandbytes", "AdamW8bit step", _optimizer_step(torch, lambda p: bnb.optim.AdamW8bit(p, lr=1e-3), size),
+                      form="in place"))
     except Exception as exc:
         return ops, [_not_measured("AdamW8bit", exc)]
     return ops, []
 
 
-def judge(rows: list[Row], copy: Row) -> None:
-    """Fill each kbit row's target and verdict (issue 3's targets)."""
-    by_op = {r.operation: r for r in rows if r.library in ("kbit", "torch")}
-    torch_adamw = by_op.get("AdamW step (fp32 state, foreach)")
+# ------------------------------------------------------------------------------------------ gemv and Linear4bit stacks
+
+DTYPE_NAMES = (("fp32", "float32"), ("fp16", "float16"), ("bf16", "bfloat16"))
+
+
+def _layers(bytes_each: int, stack_bytes: int) -> int:
+    """Distinct layers in a stack: together at least stack_bytes (and at least 2)."""
+    return max(2, -(-stack_bytes // max(1, bytes_each)))
+
+
+def _stack_pass(fns: list[Callable[[], object]]) -> Callable[[], object]:
+    def run_all():
+        for fn in fns:
+            fn()
+    return run_all
+
+
+def _packed_stack(torch, F, W, blocksize: int, quant_type: str, stack_bytes: int):
+    """Distinct copies of W quantized (one quantization, cloned), enough to exceed stack_bytes; and their bytes."""
+    packed, state = F.quantize_4bit(W, blocksize=blocksize, quant_type=quant_type)
+    nbytes = packed.numel() + state.absmax.numel() * 4
+    stack = [(packed.clone(), F.QuantState(state.absmax.clone(), state.shape, state.code, blocksize, quant_type,
+                                           state.dtype)) for _ in range(_layers(nbytes, stack_bytes))]
+    return stack, nbytes
+
+
+def gemv_ops(torch, shapes: list[tuple[int, int]], stack_bytes: int) -> list[Op]:
+    """gemv_4bit rows (a stack pass per call, time per layer) and the dense F.linear rows they compare with."""
+    import kbit.functional as F
+
+    gen = torch.Generator().manual_seed(1)
+    ops = []
+    for n_out, k in shapes:
+        W = torch.randn(n_out, k, generator=gen) * 0.02
+        for name, attr in DTYPE_NAMES:
+            dtype = getattr(torch, attr)
+            dense = [W.to(dtype) for _ in range(_layers(n_out * k * dtype.itemsize, stack_bytes))]
+            for batch in (1, 8):
+                A = torch.randn(batch, k, generator=gen).to(dtype)
+                linear = f"F.linear {name} dense {n_out}x{k} batch {batch}"
+                ops.append(Op("torch", linear, _stack_pass([lambda w=w, A=A: torch.nn.functional.linear(A, w) for w in dense]),
+                              n_out * k * dtype.itemsize, "dense weight read", limit="read", per_call=len(dense)))
+        for quant_type in ("nf4", "fp4"):
+            for blocksize in (64, 128):
+                stack, nbytes = _packed_stack(torch, F, W, blocksize, quant_type, stack_bytes)
+                for name, attr in DTYPE_NAMES:
+                    dtype = getattr(torch, attr)
+                    for batch in (1, 8):
+                        A = torch.randn(batch, k, generator=gen).to(dtype)
+                        fns = [lambda p=p, s=s, A=A: F.gemv_4bit(A, p, s) for p, s in stack]
+                        ops.append(Op("kbit", f"gemv_4bit {name} {quant_type} bs {blocksize} {n_out}x{k} batch {batch}",
+                                      _stack_pass(fns), nbytes, "4-bit weight + absmax read", limit="read",
+                                      baseline=f"F.linear {name} dense {n_out}x{k} batch {batch}", per_call=len(stack)))
+    return ops
+
+
+def linear4bit_ops(torch, shape: tuple[int, int], stack_bytes: int, batches=LINEAR_BATCHES) -> list[list[Op]]:
+    """Per batch: Linear4bit, the dense nn.Linear and dequantize_4bit + F.linear on stacks of one layer shape."""
+    import kbit.functional as F
+    from kbit.nn import Linear4bit
+
+    n_out, k = shape
+    gen = torch.Generator().manual_seed(2)
+    groups = []
+    for name, attr in (("fp32", "float32"), ("bf16", "bfloat16")):
+        dtype = getattr(torch, attr)
+        dense = torch.nn.Linear(k, n_out, bias=False, dtype=dtype)
+        with torch.no_grad():
+            dense.weight.copy_(torch.randn(n_out, k, generator=gen) * 0.02)
+        base = Linear4bit.from_linear(dense, blocksize=64, compress_statistics=False)
+        qbytes = base.weight.numel() + base.quant_state.absmax.numel() * 4
+        layers = []
+        for _ in range(_layers(qbytes, stack_bytes)):
+            layer = Linear4bit(k, n_out, bias=False, compress_statistics=False, device="meta")
+            layer.load_state_dict({key: v.clone() for key, v in base.state_dict().items()}, assign=False)
+            layers.append(layer)
+        denses = [torch.nn.Linear(k, n_out, bias=False, dtype=dtype) for _ in range(_layers(n_out * k * dtype.itemsize,
+                                                                                              stack_bytes))]
+        for batch in batches:
+            x = torch.randn(batch, k, generator=gen).to(dtype)
+            label = f"{name} {n_out}x{k} batch {batch}"
+            group = [Op("torch", f"nn.Linear {label} (dense)", _stack_pass([lambda d=d, x=x: d(x) for d in denses]),
+                        n_out * k * dtype.itemsize, "dense weight read", limit="read", per_call=len(denses)),
+                     Op("kbit", f"dequantize_4bit + F.linear {label}",
+                        _stack_pass([lambda q=q, x=x, dt=dtype: torch.nn.functional.linear(
+                            x, F.dequantize_4bit(q.weight, q.quant_state).to(dt)) for q in layers]),
+                        qbytes, "4-bit weight + absmax read", limit="read", baseline=f"nn.Linear {label} (dense)",
+                        per_call=len(layers)),
+                     Op("kbit", f"Linear4bit {label}", _stack_pass([lambda q=q, x=x: q(x) for q in layers]), qbytes,
+                        "4-bit weight + absmax read", limit="read", baseline=f"nn.Linear {label} (dense)",
+                        per_call=len(layers))]
+            groups.append(group)
+    return groups
+
+
+# ------------------------------------------------------------------------------------------ verdicts and table
+
+def fractions(rows: list[Row], read_gbps: float | None, copy_gbps: float | None) -> None:
+    for r in rows:
+        limit = {"read": read_gbps, "copy": copy_gbps}.get(r.limit)
+        r.fraction = r.gbps / limit if r.gbps and limit else None
+
+
+def judge(rows: list[Row], read_gbps: float | None, copy_gbps: float | None) -> None:
+    """Fill each kbit row's target and verdict."""
+    by_op = {(r.library, r.operation, r.form): r for r in rows}
+    torch_adamw = by_op.get(("torch", "AdamW step (fp32 state, foreach)", "in place"))
+    bnb_dequant = by_op.get(("bitsandbytes", "dequantize_4bit (nf4, bs 64)", "user"))
     for r in rows:
         if r.library != "kbit":
             continue
-        if r.operation.startswith("dequantize"):
-            goal = COPY_FRACTION * copy.gbps
+        base = by_op.get(("torch", r.baseline, "user")) if r.baseline else None
+        if base:
+            r.baseline_ms = base.median_ms
+        ok = None
+        if r.operation.startswith("dequantize_4bit (nf4") and r.form == "user" and bnb_dequant:
+            r.target, ok = f"<= {bnb_dequant.median_ms:.2f} ms (bitsandbytes, user form)", r.median_ms <= bnb_dequant.median_ms
+        elif r.operation.startswith("dequantize") and r.form == "out=" and copy_gbps:
+            goal = COPY_FRACTION * copy_gbps
             r.target, ok = f">= {goal:.2f} GB/s ({COPY_FRACTION:.0%} of copy)", r.gbps >= goal
         elif r.operation.startswith("quantize"):
             r.target, ok = f">= {QUANTIZE_GBPS:.1f} GB/s", r.gbps >= QUANTIZE_GBPS
         elif r.operation == "AdamW8bit step" and torch_adamw:
             r.target, ok = f"<= {torch_adamw.median_ms:.1f} ms (torch AdamW)", r.median_ms <= torch_adamw.median_ms
-        else:
-            continue
-        r.verdict = "met" if ok else "MISSED"
+        elif r.operation.startswith("gemv_4bit") and base and read_gbps:
+            speedup, of_read = base.median_ms / r.median_ms, (r.fraction or 0)
+            r.target = (f">= {GEMV_SPEEDUP:g}x dense (is {speedup:.2f}x), >= {1 / GEMV_READ_FACTOR:.0%} of read "
+                        f"(is {of_read:.0%})")
+            ok = speedup >= GEMV_SPEEDUP and of_read >= 1 / GEMV_READ_FACTOR
+        elif r.operation.startswith("Linear4bit") and base:
+            deq = by_op.get(("kbit", r.operation.replace("Linear4bit", "dequantize_4bit + F.linear"), "user"))
+            if deq:
+                r.target = f"<= dequantize + F.linear ({deq.median_ms:.2f} ms); {base.median_ms / r.median_ms:.2f}x dense"
+                ok = r.median_ms <= deq.median_ms
+        if ok is not None:
+            r.verdict = "met" if ok else "MISSED"
 
 
 def render(rows: list[Row], header: dict) -> str:
     lines = [" ".join(f"{k}={v}" for k, v in header.items()), ""]
-    lines.append(f"{'library':<13} {'operation':<40} {'median ms':>10} {'GB/s':>7}  {'counted':<20} {'target':<34} verdict")
+    lines.append(f"{'library':<13} {'operation':<46} {'form':<8} {'median ms':>10} {'min-max ms':>15} {'GB/s':>7} "
+                 f"{'of limit':>12}  {'counted':<27} {'target':<62} verdict")
     for r in rows:
         gbps = f"{r.gbps:7.2f}" if r.gbps else f"{'':>7}"
-        lines.append(f"{r.library:<13} {r.operation:<40} {r.median_ms:10.2f} {gbps}  {r.counted:<20} {r.target:<34} "
-                     f"{r.verdict}".rstrip())
+        frac = f"{r.fraction:6.0%} {r.limit:<5}" if r.fraction is not None else f"{'':>12}"
+        lines.append(f"{r.library:<13} {r.operation:<46} {r.form:<8} {r.median_ms:10.3f} {r.spread:>15} {gbps} {frac}  "
+                     f"{r.counted:<27} {r.target:<62} {r.verdict}".rstrip())
+    lines.append("")
+    lines.append("times are per call (stack rows: per layer, one pass over a stack larger than the last-level cache); "
+                 "'of limit' is GB/s over the read (sum) or copy (copy_) row")
     return "\n".join(lines)
 
 
-def run(size: int, repeats: int, threads: int | None) -> tuple[dict, list[Row]]:
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in filter(None, text.split(",")):
+        n_out, _, k = item.partition("x")
+        shapes.append((int(n_out), int(k)))
+    return shapes
+
+
+def run(size: int, repeats: int, threads: int | None, shapes: list[tuple[int, int]] | None = None,
+        stack_bytes: int | None = None, sections: tuple[str, ...] = ("quant", "gemv", "linear", "optim")
+        ) -> tuple[dict, list[Row]]:
     import torch
 
     import kbit
 
     if threads:
         torch.set_num_threads(threads)
+    llc = last_level_cache_bytes()
+    stack_bytes = stack_bytes if stack_bytes is not None else 2 * llc
+    shapes = shapes if shapes is not None else parse_shapes(CPU_GEMV_SHAPES)
     x = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
     header = {"size": f"{size}x{size}", "dtype": "float32", "threads": torch.get_num_threads(),
-              "repeats": repeats, "statistic": "median", "torch": torch.__version__, "kbit": kbit.__version__,
-              "cpu": platform.processor() or platform.machine()}
-    bnb_ops, bnb_missing = bitsandbytes_ops(torch, x, size)
-    ops = [copy_op(torch, x)] + kbit_quant_ops(torch, x) + optimizer_ops(torch, size) + bnb_ops
-    ops += linear8bit_ops(torch, size)
-    rows = round_robin(ops, repeats) + bnb_missing
-    copy = rows[0]
-    judge(rows, copy)
+              "repeats": repeats, "statistic": "median", "llc_MiB": llc >> 20, "stack_MiB": stack_bytes >> 20,
+              "torch": torch.__version__, "kbit": kbit.__version__, "cpu": platform.processor() or platform.machine()}
+    rows: list[Row] = []
+    groups: list[list[Op]] = [limit_ops(torch, x, stack_bytes)]
+    if "quant" in sections:
+        bnb_ops, bnb_missing = bitsandbytes_ops(torch, x, size)
+        groups.append(kbit_quant_ops(torch, x) + [op for op in bnb_ops if "AdamW" not in op.operation])
+        rows += bnb_missing
+    if "optim" in sections:
+        groups.append(optimizer_ops(torch, size) + ([op for op in bnb_ops if "AdamW" in op.operation]
+                                                    if "quant" in sections else []))
+    for group in groups:  # each group round-robin on its own (its ops compared within one run), then freed
+        rows += round_robin(group, repeats)
+    if "gemv" in sections:
+        for shape in shapes:  # a shape's stacks at a time, so that memory holds one shape's stacks
+            rows += round_robin(gemv_ops(torch, [shape], stack_bytes), repeats)
+    if "linear" in sections:
+        for group in linear4bit_ops(torch, shapes[0], stack_bytes):
+            rows += round_robin(group, max(1, repeats // 2) if "512" in group[0].operation else repeats)
+        rows += round_robin(linear8bit_ops(torch, size), repeats)
+    read = next((r.gbps for r in rows if r.operation.startswith("sum (read")), None)
+    copy = next((r.gbps for r in rows if r.operation.startswith("copy_")), None)
+    header["read_GBps"], header["copy_GBps"] = round(read or 0, 2), round(copy or 0, 2)
+    fractions(rows, read, copy)
+    judge(rows, read, copy)
     return header, rows
 
 
@@ -434,6 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per operation; the median is shown (default 11 on cpu, 25 on cuda)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--gemv-shapes", default=CPU_GEMV_SHAPES,
+                        help=f"cpu: gemv / Linear4bit weight shapes, out x in, comma-separated (default {CPU_GEMV_SHAPES})")
+    parser.add_argument("--stack-bytes", type=int, default=None,
+                        help="cpu: bytes of each stack of layers (default: twice the last-level cache)")
+    parser.add_argument("--sections", default="quant,gemv,linear,optim",
+                        help="cpu: which groups of rows to time (default quant,gemv,linear,optim)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--check", action="store_true", help="exit 1 when a kbit target is missed")
     args = parser.parse_args(argv)
@@ -453,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(render_cuda(cuda_rows, header))
         return 1 if args.check and any(r.verdict == "MISSED" for r in cuda_rows) else 0
-    header, rows = run(size, repeats, args.threads)
+    header, rows = run(size, repeats, args.threads, parse_shapes(args.gemv_shapes), args.stack_bytes,
+                       tuple(args.sections.split(",")))
     if args.json:
         print(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=2))
     else:

@@ -1,7 +1,13 @@
 /* gemv4.cpp: CPU entry point of the 4-bit matrix-vector product out = A @ W.T (+ bias) (libkbit_cpu).
  * The math and the summation order are numerics/blockwise4.h. This file owns the loops: cpu/parallel.h over output
- * features; each thread decodes one weight row into float32 once and uses it for every row of A. Each output
- * is computed by one thread in the fixed lane order, so the result does not depend on the thread count. */
+ * features; each thread decodes one weight row into float32 once (an L1-resident buffer) and uses it for every
+ * row of A, several rows of A per pass over the buffer so that a batch up to 8 costs little more than batch 1.
+ * Each output is computed by one thread in the fixed lane order, so the result does not depend on the thread count.
+ *
+ * Instruction sets (cpu/simd4.h): the baseline copy is portable C++; the AVX2 copy holds the 32 lanes in four
+ * 8-float registers, the AVX-512 copy in two 16-float registers and decodes 16 codes per permute (vpermps over
+ * the block's 16 values). Every copy performs, per lane, the same float32 multiply and add in the same order
+ * (no contraction), and the same lane tree, so all three write identical bits. */
 #include <vector>
 
 #include "common/args.h"
@@ -11,98 +17,370 @@
 #include "numerics/blockwise4.h"
 #include "numerics/float16.h"
 
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+// GCC 12's AVX-512 intrinsics fill unused sources with _mm512_undefined_*() and then warn that they may be used
+// uninitialized (GCC bug 105593, fixed in 13); the values are never read.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace kbit {
 namespace {
 
+/* One weight matrix and the rows of A (float32, M x K) it multiplies. */
+struct GemvProblem {
+  const float* a;
+  const uint8_t* packed;
+  const float* absmax;
+  const float* table;
+  int64_t M, N, K;
+  int32_t log2_bs;
+};
 
-/* Codes [k, stop) of a row segment inside one block (flat index of k: first + k) decoded through the block's
- * 16 values: a leading odd nibble alone, then whole bytes (AVX2 lookup when available), then a trailing nibble. */
-void decode_segment(const uint8_t* packed, int64_t first, int64_t k, int64_t stop, const float* scaled, float* w) {
-  if (k < stop && ((first + k) & 1)) {
-    w[k] = scaled[packed[(first + k) >> 1] & 15u];
-    ++k;
-  }
-  const uint8_t* src = packed + ((first + k) >> 1);
-  const int64_t pairs = (stop - k) / 2;
-  int64_t j = 0;
-#if KBIT_X86_DISPATCH
-  if (use_avx2()) j = lookup_pairs_avx2<false>(src, w + k, pairs, scaled);
-#endif
-  for (; j < pairs; ++j) {
-    w[k + 2 * j] = scaled[src[j] >> 4];
-    w[k + 2 * j + 1] = scaled[src[j] & 15u];
-  }
-  if ((stop - k) & 1) w[stop - 1] = scaled[src[pairs] >> 4];
+/* log2 of a blocksize (a power of two, checked by check_gemv_4bit). */
+int32_t log2_of(int32_t pow2) {
+  int32_t r = 0;
+  while ((int32_t{1} << r) < pow2) ++r;
+  return r;
 }
+
+/* The weight row's segment [k, stop) inside block `block`: the flat index of its first element and the block. */
+struct Segment {
+  int64_t begin, stop, block;
+};
+
+KBIT_ALWAYS_INLINE Segment segment_at(int64_t first, int64_t k, int64_t K, int32_t log2_bs) {
+  const int64_t block = (first + k) >> log2_bs;  // a shift: a 64-bit division per block costs more than its decode
+  const int64_t end_in_row = ((block + 1) << log2_bs) - first;  // the block's end, relative to the row
+  return Segment{k, end_in_row < K ? end_in_row : K, block};
+}
+
+/* Codes [k, stop) (flat index of k: first + k), from the first whole byte on, through the block's 16 values. */
+KBIT_ALWAYS_INLINE void decode_scalar_tail(const uint8_t* packed, int64_t first, int64_t k, int64_t stop,
+                                           const float* scaled, float* w) {
+  for (; k < stop; ++k) w[k] = scaled[nibble_at(packed, first + k)];
+}
+
+// ------------------------------------------------------------------------------------------ row decode
 
 /* Weight row `row` (elements row*K .. row*K+K-1 of the flat quantized tensor) as float32. Blocks may span rows
  * and a row may start at an odd nibble (odd K), so the row is cut at block boundaries. */
-void decode_row(const uint8_t* packed, const float* absmax, int64_t row, int64_t K, int32_t bs, const float* table,
-                float* w) {
+void decode_row_base(const uint8_t* packed, const float* absmax, int64_t row, int64_t K, int32_t log2_bs,
+                     const float* table, float* w) {
   const int64_t first = row * K;
   for (int64_t k = 0; k < K;) {
-    const int64_t block = (first + k) / bs;
-    const int64_t end_in_row = (block + 1) * bs - first;  // the block's end, relative to the row
-    const int64_t stop = end_in_row < K ? end_in_row : K;
+    const Segment s = segment_at(first, k, K, log2_bs);
     float scaled[16];
-    for (uint32_t c = 0; c < 16; ++c) scaled[c] = dequantize_4bit_value(c, absmax[block], table);
-    decode_segment(packed, first, k, stop, scaled, w);
-    k = stop;
+    for (uint32_t c = 0; c < 16; ++c) scaled[c] = dequantize_4bit_value(c, absmax[s.block], table);
+    decode_scalar_tail(packed, first, k, s.stop, scaled, w);
+    k = s.stop;
   }
 }
 
-/* The lane-ordered dot product of blockwise4.h: lane l sums k = l, l + 32, ...; then the pairwise lane tree. */
-KBIT_ALWAYS_INLINE float dot_lanes_body(const float* __restrict a, const float* __restrict w, int64_t K) {
-  float acc[kGemvLanes] = {};
-  int64_t k = 0;
-  for (; k + kGemvLanes <= K; k += kGemvLanes)
-    for (int l = 0; l < kGemvLanes; ++l) acc[l] = gemv_step(acc[l], a[k + l], w[k + l]);
-  for (int l = 0; k + l < K; ++l) acc[l] = gemv_step(acc[l], a[k + l], w[k + l]);
+#if KBIT_X86_DISPATCH
+/* The same values: whole bytes 4 at a time through the AVX2 lookup of simd4.h. */
+KBIT_TARGET_AVX2 void decode_row_avx2(const uint8_t* packed, const float* absmax, int64_t row, int64_t K,
+                                      int32_t log2_bs, const float* table, float* w) {
+  const int64_t first = row * K;
+  for (int64_t k = 0; k < K;) {
+    const Segment s = segment_at(first, k, K, log2_bs);
+    float scaled[16];
+    for (uint32_t c = 0; c < 16; ++c) scaled[c] = dequantize_4bit_value(c, absmax[s.block], table);
+    if ((first + k) & 1) {  // a leading odd nibble alone
+      w[k] = scaled[packed[(first + k) >> 1] & 15u];
+      ++k;
+    }
+    const int64_t done = 2 * lookup_pairs_avx2<false>(packed + ((first + k) >> 1), w + k, (s.stop - k) / 2, scaled);
+    decode_scalar_tail(packed, first, k + done, s.stop, scaled, w);
+    k = s.stop;
+  }
+}
+
+/* The same values, 32 codes per step: 16 bytes split into nibbles in element order, widened to 32-bit indices
+ * and looked up in the block's 16 values with one vpermps per 16. The block's values are table[c] * absmax, the
+ * float32 product dequantize_4bit_value computes (a non-finite absmax gives the canonical NaN). */
+KBIT_TARGET_AVX512 void decode_row_avx512(const uint8_t* packed, const float* absmax, int64_t row, int64_t K,
+                                          int32_t log2_bs, const float* table, float* w) {
+  const __m512 values = _mm512_loadu_ps(table);
+  const __m128i low4 = _mm_set1_epi8(15);
+  const int64_t first = row * K;
+  for (int64_t k = 0; k < K;) {
+    const Segment s = segment_at(first, k, K, log2_bs);
+    const float scale = absmax[s.block];
+    const __m512 v = is_finite_scale(scale) ? _mm512_mul_ps(values, _mm512_set1_ps(scale))
+                                            : _mm512_set1_ps(canonical_nan());
+    alignas(64) float scaled[16];
+    _mm512_store_ps(scaled, v);
+    if ((first + k) & 1) {
+      w[k] = scaled[packed[(first + k) >> 1] & 15u];
+      ++k;
+    }
+    const uint8_t* src = packed + ((first + k) >> 1);
+    for (; k + 32 <= s.stop; k += 32, src += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+      const __m512i i0 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo));
+      const __m512i i1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo));
+      _mm512_storeu_ps(w + k, _mm512_mask_permutexvar_ps(v, 0xffff, i0, v));
+      _mm512_storeu_ps(w + k + 16, _mm512_mask_permutexvar_ps(v, 0xffff, i1, v));
+    }
+    decode_scalar_tail(packed, first, k, s.stop, scaled, w);
+    k = s.stop;
+  }
+}
+
+#endif
+
+// ------------------------------------------------------------------------------------------ dot products
+
+/* The end of one lane-ordered dot product: lanes hold the sums over k < k0 (a multiple of 32); the tail
+ * k0..K-1 goes to lanes 0.., then the pairwise lane tree of blockwise4.h. Returns lane 0. */
+KBIT_ALWAYS_INLINE float finish_lanes(float* lanes, const float* a, const float* w, int64_t k0, int64_t K) {
+  for (int l = 0; k0 + l < K; ++l) lanes[l] = gemv_step(lanes[l], a[k0 + l], w[k0 + l]);
   for (int offset = kGemvLanes / 2; offset >= 1; offset >>= 1)
-    for (int l = 0; l < offset; ++l) acc[l] = acc[l] + acc[l + offset];
-  return acc[0];
+    for (int l = 0; l < offset; ++l) lanes[l] = lanes[l] + lanes[l + offset];
+  return lanes[0];
 }
 
-float dot_lanes_base(const float* a, const float* w, int64_t K) { return dot_lanes_body(a, w, K); }
-
-#if KBIT_X86_DISPATCH
-/* The same per-lane operations in 256-bit registers: identical bits. */
-KBIT_TARGET_AVX2 float dot_lanes_avx2(const float* a, const float* w, int64_t K) { return dot_lanes_body(a, w, K); }
-#endif
-
-using DotFn = float (*)(const float*, const float*, int64_t);
-
-DotFn dot_lanes() {
-#if KBIT_X86_DISPATCH
-  if (use_avx2()) return &dot_lanes_avx2;
-#endif
-  return &dot_lanes_base;
+/* sums[m] = the lane-ordered dot product of A's row m with w, for m in [0, M): portable copy. */
+void dots_base(const float* a, int64_t M, int64_t K, const float* w, float* sums) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* am = a + m * K;
+    float lanes[kGemvLanes] = {};
+    int64_t k = 0;
+    for (; k + kGemvLanes <= K; k += kGemvLanes)
+      for (int l = 0; l < kGemvLanes; ++l) lanes[l] = gemv_step(lanes[l], am[k + l], w[k + l]);
+    sums[m] = finish_lanes(lanes, am, w, k, K);
+  }
 }
 
-/* A as float32 rows (widening is exact, so converting once changes no result). */
+#if KBIT_X86_DISPATCH
+/* MT rows of A at once, lanes l in register l / 8 (element l % 8): each weight chunk is loaded once for MT rows.
+ * mul then add, as gemv_step: the same two roundings per term as the portable copy. */
+template <int MT>
+KBIT_TARGET_AVX2 void dot_tile_avx2(const float* a, int64_t K, const float* w, float* sums) {
+  __m256 acc[MT][4];
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < 4; ++r) acc[m][r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + kGemvLanes <= K; k += kGemvLanes) {
+    const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
+    const __m256 w2 = _mm256_loadu_ps(w + k + 16), w3 = _mm256_loadu_ps(w + k + 24);
+    for (int m = 0; m < MT; ++m) {
+      const float* am = a + m * K + k;
+      acc[m][0] = _mm256_add_ps(acc[m][0], _mm256_mul_ps(_mm256_loadu_ps(am), w0));
+      acc[m][1] = _mm256_add_ps(acc[m][1], _mm256_mul_ps(_mm256_loadu_ps(am + 8), w1));
+      acc[m][2] = _mm256_add_ps(acc[m][2], _mm256_mul_ps(_mm256_loadu_ps(am + 16), w2));
+      acc[m][3] = _mm256_add_ps(acc[m][3], _mm256_mul_ps(_mm256_loadu_ps(am + 24), w3));
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    alignas(32) float lanes[kGemvLanes];
+    for (int r = 0; r < 4; ++r) _mm256_store_ps(lanes + 8 * r, acc[m][r]);
+    sums[m] = finish_lanes(lanes, a + m * K, w, k, K);
+  }
+}
+
+KBIT_TARGET_AVX2 void dots_avx2(const float* a, int64_t M, int64_t K, const float* w, float* sums) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) dot_tile_avx2<2>(a + m * K, K, w, sums + m);
+  if (m < M) dot_tile_avx2<1>(a + m * K, K, w, sums + m);
+}
+
+/* MT rows of A at once, lanes 0..15 in one register and 16..31 in the other. */
+template <int MT>
+KBIT_TARGET_AVX512 void dot_tile_avx512(const float* a, int64_t K, const float* w, float* sums) {
+  __m512 acc[MT][2];
+  for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + kGemvLanes <= K; k += kGemvLanes) {
+    const __m512 w0 = _mm512_loadu_ps(w + k), w1 = _mm512_loadu_ps(w + k + 16);
+    for (int m = 0; m < MT; ++m) {
+      const float* am = a + m * K + k;
+      acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_mul_ps(_mm512_loadu_ps(am), w0));
+      acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_mul_ps(_mm512_loadu_ps(am + 16), w1));
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    alignas(64) float lanes[kGemvLanes];
+    _mm512_store_ps(lanes, acc[m][0]);
+    _mm512_store_ps(lanes + 16, acc[m][1]);
+    sums[m] = finish_lanes(lanes, a + m * K, w, k, K);
+  }
+}
+
+KBIT_TARGET_AVX512 void dots_avx512(const float* a, int64_t M, int64_t K, const float* w, float* sums) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) dot_tile_avx512<4>(a + m * K, K, w, sums + m);
+  if (M - m >= 2) {
+    dot_tile_avx512<2>(a + m * K, K, w, sums + m);
+    m += 2;
+  }
+  if (m < M) dot_tile_avx512<1>(a + m * K, K, w, sums + m);
+}
+
+/* The fused AVX-512 tile for K a multiple of 32 (every block segment of a row is then whole chunks of 32): MT rows
+ * of A times NR weight rows, decoded in registers, 2 * MT * NR independent sums so that the add latency of one
+ * lane's chain is hidden. A chunk's 16 bytes widen to 16 dwords whose low 4 bits are the odd elements' codes and
+ * whose bits 4..7 the even elements'; vpermps reads an index's low 4 bits only, so one shift and two permutes
+ * look up 32 codes in the block's 16 values (table[c] * absmax, as dequantize_4bit_value). The even elements land
+ * in register 0 and the odd ones in register 1, and A is stored in the same order (chunk_order), so each register
+ * element holds one lane l of blockwise4.h's order throughout; lanes are put back in order before the tree. */
+template <int MT, int NR>
+KBIT_TARGET_AVX512 void tile_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t j0, float* sums) {
+  const int64_t K = p.K;
+  const int32_t log2_bs = p.log2_bs;
+  const __m512 values = _mm512_loadu_ps(p.table), nan = _mm512_set1_ps(canonical_nan());
+  const float* a = p.a + m0 * K;
+  __m512 acc[MT][NR][2];
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < NR; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += kGemvLanes) {
+    __m512 w[NR][2];
+    for (int r = 0; r < NR; ++r) {
+      const int64_t f = (j0 + r) * K + k;  // flat index of the chunk's first element (a multiple of 32)
+      const float scale = p.absmax[f >> log2_bs];
+      const __m512 v = is_finite_scale(scale) ? _mm512_mul_ps(values, _mm512_set1_ps(scale)) : nan;
+      const __m512i odd = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p.packed + (f >> 1))));
+      w[r][0] = _mm512_mask_permutexvar_ps(v, 0xffff, _mm512_srli_epi32(odd, 4), v);
+      w[r][1] = _mm512_mask_permutexvar_ps(v, 0xffff, odd, v);
+    }
+    for (int m = 0; m < MT; ++m) {
+      const __m512 a0 = _mm512_loadu_ps(a + m * K + k), a1 = _mm512_loadu_ps(a + m * K + k + 16);
+      for (int r = 0; r < NR; ++r) {
+        acc[m][r][0] = _mm512_add_ps(acc[m][r][0], _mm512_mul_ps(a0, w[r][0]));
+        acc[m][r][1] = _mm512_add_ps(acc[m][r][1], _mm512_mul_ps(a1, w[r][1]));
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < NR; ++r) {
+      alignas(64) float even_odd[kGemvLanes], lanes[kGemvLanes];
+      _mm512_store_ps(even_odd, acc[m][r][0]);
+      _mm512_store_ps(even_odd + 16, acc[m][r][1]);
+      for (int i = 0; i < 16; ++i) {
+        lanes[2 * i] = even_odd[i];
+        lanes[2 * i + 1] = even_odd[16 + i];
+      }
+      sums[m * NR + r] = finish_lanes(lanes, nullptr, nullptr, K, K);  // no tail: the tree only
+    }
+}
+
+/* Rows [first, last) of the weight for A's rows [m0, m0 + MT): NR weight rows at a time, then one at a time. */
+template <int MT, int NR>
+KBIT_TARGET_AVX512 void rows_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
+                                            float* sums) {
+  int64_t j = first;
+  for (; j + NR <= last; j += NR) {
+    float tile[MT * NR];
+    tile_chunked_avx512<MT, NR>(p, m0, j, tile);
+    for (int m = 0; m < MT; ++m)
+      for (int r = 0; r < NR; ++r) sums[(m0 + m) * p.N + j + r] = tile[m * NR + r];
+  }
+  for (; j < last; ++j) {
+    float tile[MT];
+    tile_chunked_avx512<MT, 1>(p, m0, j, tile);
+    for (int m = 0; m < MT; ++m) sums[(m0 + m) * p.N + j] = tile[m];
+  }
+}
+
+/* sums[m * N + j] for every row m of A and weight row j in [first, last): A's rows 8 at a time, then the rest
+ * in one tile; the tile shapes keep 8 to 16 sums in registers. */
+KBIT_TARGET_AVX512 void gemv_chunked_avx512(const GemvProblem& p, int64_t first, int64_t last, float* sums) {
+  int64_t m0 = 0;
+  for (; m0 + 8 <= p.M; m0 += 8) rows_chunked_avx512<8, 1>(p, m0, first, last, sums);
+  switch (p.M - m0) {
+    case 1: rows_chunked_avx512<1, 4>(p, m0, first, last, sums); break;
+    case 2: rows_chunked_avx512<2, 4>(p, m0, first, last, sums); break;
+    case 3: rows_chunked_avx512<3, 2>(p, m0, first, last, sums); break;
+    case 4: rows_chunked_avx512<4, 2>(p, m0, first, last, sums); break;
+    case 5: rows_chunked_avx512<5, 1>(p, m0, first, last, sums); break;
+    case 6: rows_chunked_avx512<6, 1>(p, m0, first, last, sums); break;
+    case 7: rows_chunked_avx512<7, 1>(p, m0, first, last, sums); break;
+    default: break;
+  }
+}
+#endif
+
+// ------------------------------------------------------------------------------------------ the loop
+
+using DecodeFn = void (*)(const uint8_t*, const float*, int64_t, int64_t, int32_t, const float*, float*);
+using DotsFn = void (*)(const float*, int64_t, int64_t, const float*, float*);
+
+/* The row-by-row copies: decode a weight row into a buffer, then every row of A against it. */
+struct RowKernels {
+  DecodeFn decode;
+  DotsFn dots;
+};
+
+RowKernels row_kernels() {
+#if KBIT_X86_DISPATCH
+  if (use_avx512()) return {&decode_row_avx512, &dots_avx512};
+  if (use_avx2()) return {&decode_row_avx2, &dots_avx2};
+#endif
+  return {&decode_row_base, &dots_base};
+}
+
+/* Whether the fused AVX-512 tiles serve in_features K (they need whole chunks of 32 in every row). */
+bool use_chunked(int64_t K) {
+#if KBIT_X86_DISPATCH
+  return use_avx512() && K % kGemvLanes == 0;
+#else
+  (void)K;
+  return false;
+#endif
+}
+
+/* A as float32 rows (widening is exact, so converting once changes no result); chunked: each chunk of 32 as
+ * its 16 even elements, then its 16 odd ones (K is a multiple of 32). Returns A itself when nothing changes. */
 template <class T>
-const float* widen(const T* A, int64_t count, std::vector<float>& buffer) {
-  buffer.resize(static_cast<size_t>(count));
-  for (int64_t i = 0; i < count; ++i) buffer[static_cast<size_t>(i)] = to_float(A[i]);
-  return buffer.data();
+const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, std::vector<float>& buffer) {
+  if (!chunked && sizeof(T) == sizeof(float)) return reinterpret_cast<const float*>(A);
+  buffer.resize(static_cast<size_t>(M * K));
+  float* a = buffer.data();
+  if (!chunked) {
+    for (int64_t i = 0; i < M * K; ++i) a[i] = to_float(A[i]);
+    return a;
+  }
+  for (int64_t i = 0; i < M * K; i += kGemvLanes)
+    for (int64_t l = 0; l < 16; ++l) {
+      a[i + l] = to_float(A[i + 2 * l]);
+      a[i + 16 + l] = to_float(A[i + 2 * l + 1]);
+    }
+  return a;
 }
-template <>
-const float* widen<float>(const float* A, int64_t, std::vector<float>&) { return A; }
+
+/* out[m, j] = sums[m * stride + j - first] for j in [first, last) and every m: the bias added once, rounded to T. */
+template <class T>
+void write_outputs(const float* sums, int64_t stride, const T* bias, T* out, int64_t M, int64_t N, int64_t first,
+                   int64_t last) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = first; j < last; ++j) {
+      const float b = bias != nullptr ? to_float(bias[j]) : 0.0f;
+      out[m * N + j] = from_float<T>(gemv_finish(sums[m * stride + j - first], bias != nullptr, b));
+    }
+}
 
 template <class T>
 void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias, T* out, int64_t M, int64_t N,
           int64_t K, int32_t bs, const float* table, int32_t threads) {
-  std::vector<float> a_buffer;
-  const float* a = widen(A, M * K, a_buffer);
-  const DotFn dot = dot_lanes();
+  const bool chunked = use_chunked(K);
+  std::vector<float> a_buffer, sums(static_cast<size_t>(chunked ? M * N : 0));
+  const GemvProblem p{prepare_a(A, M, K, chunked, a_buffer), packed, absmax, table, M, N, K, log2_of(bs)};
+  const RowKernels kernels = row_kernels();
   // work counted as multiply-adds (cheaper than a quantized element: the count errs towards starting threads)
   parallel_ranges(N, team_for(M * N * K, threads), [&](int64_t first, int64_t last) {
-    std::vector<float> w(static_cast<size_t>(K > 0 ? K : 1));
+#if KBIT_X86_DISPATCH
+    if (chunked) {
+      gemv_chunked_avx512(p, first, last, sums.data());
+      write_outputs(sums.data() + first, N, bias, out, M, N, first, last);
+      return;
+    }
+#endif
+    std::vector<float> w(static_cast<size_t>(p.K > 0 ? p.K : 1)), row_sums(static_cast<size_t>(p.M));
     for (int64_t j = first; j < last; ++j) {
-      decode_row(packed, absmax, j, K, bs, table, w.data());
-      const float b = bias != nullptr ? to_float(bias[j]) : 0.0f;
-      for (int64_t m = 0; m < M; ++m)
-        out[m * N + j] = from_float<T>(gemv_finish(dot(a + m * K, w.data(), K), bias != nullptr, b));
+      kernels.decode(p.packed, p.absmax, j, p.K, p.log2_bs, p.table, w.data());
+      kernels.dots(p.a, p.M, p.K, w.data(), row_sums.data());
+      write_outputs(row_sums.data(), 1, bias, out, M, N, j, j + 1);
     }
   });
 }

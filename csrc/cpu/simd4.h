@@ -1,9 +1,10 @@
 /* simd4.h: the x86 instruction-set switch of the CPU 4-bit kernels (internal to libkbit_cpu).
- * Owns: which copy of a hot loop runs (the x86-64 baseline, or AVX2 when the CPU and OS have it and
- * KBIT_CPU_BASELINE is not "1"), and the AVX2 lookup of a block's 16 dequantized values. Every AVX2 routine here
- * performs the same IEEE operations (or the same table lookups) as the portable loop it replaces, so results are
- * identical bit for bit; tests/ops/test_blockwise4.py compares the two paths. No build flag above the baseline is
- * used: AVX2 code is compiled per function with a target attribute (GCC and Clang on x86-64 only). */
+ * Owns: which copy of a hot loop runs (the x86-64 baseline; AVX2 when the CPU and OS have it and
+ * KBIT_CPU_BASELINE is not "1"; AVX-512F for the loops where it pays, unless KBIT_CPU_NO_AVX512 is "1"), and the
+ * AVX2 lookup of a block's 16 dequantized values. Every AVX2 / AVX-512 routine performs the same IEEE operations
+ * (or the same table lookups) as the portable loop it replaces, so results are identical bit for bit;
+ * tests/ops/test_blockwise4.py and tests/ops/test_gemv4.py compare the paths. No build flag above the baseline is
+ * used: AVX2 and AVX-512 code is compiled per function with a target attribute (GCC and Clang on x86-64 only). */
 #pragma once
 
 #include <stdint.h>
@@ -14,6 +15,7 @@
 #define KBIT_X86_DISPATCH 1
 #include <immintrin.h>
 #define KBIT_TARGET_AVX2 __attribute__((target("avx2")))
+#define KBIT_TARGET_AVX512 __attribute__((target("avx512f")))
 #define KBIT_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define KBIT_X86_DISPATCH 0
@@ -41,6 +43,17 @@ inline bool use_avx2() {
     return __builtin_cpu_supports("avx2") && !(forced != nullptr && forced[0] == '1');
   }();
   return avx2;
+}
+
+/* Whether the AVX-512 (F) copies run: the CPU and OS support AVX-512F (the OS saves the zmm and mask state, which
+ * __builtin_cpu_supports checks), the AVX2 copies run, and KBIT_CPU_NO_AVX512 is not "1" (how the tests run the
+ * AVX2 copies on an AVX-512 machine). Read once. */
+inline bool use_avx512() {
+  static const bool avx512 = [] {
+    const char* capped = getenv("KBIT_CPU_NO_AVX512");
+    return use_avx2() && __builtin_cpu_supports("avx512f") && !(capped != nullptr && capped[0] == '1');
+  }();
+  return avx512;
 }
 #endif
 

@@ -1,6 +1,12 @@
 /* gemv4.cu: CUDA entry point of the 4-bit matrix-vector product out = A @ W.T (+ bias). The math and the
  * summation order are numerics/blockwise4.h: one warp per output feature, lane l sums k = l, l + 32, ... and
- * the warp's xor butterfly combines the lanes, which is the order the CPU library reproduces. */
+ * the warp's xor butterfly combines the lanes, which is the order the CPU library reproduces.
+ *
+ * Loads: when K is a multiple of 32 and the packed weight is 16-byte aligned (every row then starts on a 16-byte
+ * boundary), the warp reads its row 512 bytes at a time, one 16-byte vector load per lane, into a shared staging
+ * buffer; each lane then takes its own codes (k = l, l + 32, ...) from there, so the order of the sums is
+ * unchanged. Rows of A are handled 8 at a time per pass over the weight row (the decoded weight is reused for
+ * them). Other shapes read the codes byte by byte, in the same order. */
 #include "common/args.h"
 #include "cuda/cuda_check.h"
 #include "cuda/common.cuh"
@@ -15,26 +21,75 @@ __constant__ float c_fp4[16] = KBIT_FP4_VALUES;
 
 constexpr int kWarpsPerBlock = 4;
 
+constexpr int kRowsPerPass = 8;                 // rows of A sharing one pass over a weight row
+constexpr int kChunkBytes = 16 * kGemvLanes;    // one 16-byte load per lane
+constexpr int64_t kChunk = 2 * kChunkBytes;     // codes per staged chunk
+
+/* Rows [m0, m0 + kRowsPerPass) of A against weight row j, codes read byte by byte (any K, any alignment). */
+template <class T>
+__device__ void rows_bytewise(const T* __restrict__ A, const uint8_t* __restrict__ packed,
+                              const float* __restrict__ absmax, const float* table, int64_t m0, int64_t M, int64_t j,
+                              int64_t K, int32_t log2_bs, int lane, float* acc) {
+  for (int64_t k = lane; k < K; k += kGemvLanes) {
+    const int64_t i = j * K + k;
+    const float w = dequantize_4bit_value(nibble_at(packed, i), absmax[i >> log2_bs], table);
+#pragma unroll
+    for (int r = 0; r < kRowsPerPass; ++r)
+      if (m0 + r < M) acc[r] = gemv_step(acc[r], to_float(A[(m0 + r) * K + k]), w);
+  }
+}
+
+/* The same sums with the row staged through shared memory by 16-byte loads (K % 32 == 0, packed 16-byte aligned). */
+template <class T>
+__device__ void rows_vectorized(const T* __restrict__ A, const uint8_t* __restrict__ packed,
+                                const float* __restrict__ absmax, const float* table, int64_t m0, int64_t M, int64_t j,
+                                int64_t K, int32_t log2_bs, int lane, uint4* stage, float* acc) {
+  const uint8_t* row = packed + j * (K / 2);
+  const uint8_t* staged = reinterpret_cast<const uint8_t*>(stage);
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t len = K - k0 < kChunk ? K - k0 : kChunk;  // a multiple of 32: whole 16-byte slices
+    if (32 * lane < len) stage[lane] = reinterpret_cast<const uint4*>(row + k0 / 2)[lane];
+    __syncwarp();
+    for (int64_t c = lane; c < len; c += kGemvLanes) {
+      const uint32_t byte = staged[c >> 1];
+      const uint32_t code = (c & 1) ? (byte & 15u) : (byte >> 4);
+      const int64_t k = k0 + c;
+      const float w = dequantize_4bit_value(code, absmax[(j * K + k) >> log2_bs], table);
+#pragma unroll
+      for (int r = 0; r < kRowsPerPass; ++r)
+        if (m0 + r < M) acc[r] = gemv_step(acc[r], to_float(A[(m0 + r) * K + k]), w);
+    }
+    __syncwarp();  // every lane has read the chunk before it is overwritten
+  }
+}
+
 template <class T>
 __global__ void gemv4_kernel(const T* __restrict__ A, const uint8_t* __restrict__ packed,
                              const float* __restrict__ absmax, const T* __restrict__ bias, T* __restrict__ out,
-                             int64_t M, int64_t N, int64_t K, int32_t log2_bs, int32_t quant_type) {
+                             int64_t M, int64_t N, int64_t K, int32_t log2_bs, int32_t quant_type, bool vectorized) {
   __shared__ float s_table[16];
+  __shared__ uint4 s_stage[kWarpsPerBlock][kGemvLanes];
   if (threadIdx.x < 16) s_table[threadIdx.x] = quant_type == KBIT_FP4 ? c_fp4[threadIdx.x] : c_nf4[threadIdx.x];
   __syncthreads();
-  const int lane = threadIdx.x % kGemvLanes;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kGemvLanes;
-  if (j >= N) return;  // a whole warp leaves together; no barrier follows
+  const int lane = threadIdx.x % kGemvLanes, warp = threadIdx.x / kGemvLanes;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
+  if (j >= N) return;  // a whole warp leaves together; no block barrier follows
   const float b = bias != nullptr ? to_float(bias[j]) : 0.0f;
-  for (int64_t m = 0; m < M; ++m) {
-    float acc = 0.0f;
-    for (int64_t k = lane; k < K; k += kGemvLanes) {
-      const int64_t i = j * K + k;
-      const float w = dequantize_4bit_value(nibble_at(packed, i), absmax[i >> log2_bs], s_table);
-      acc = gemv_step(acc, to_float(A[m * K + k]), w);
+  for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
+    float acc[kRowsPerPass];
+#pragma unroll
+    for (int r = 0; r < kRowsPerPass; ++r) acc[r] = 0.0f;
+    if (vectorized) {
+      rows_vectorized(A, packed, absmax, s_table, m0, M, j, K, log2_bs, lane, s_stage[warp], acc);
+    } else {
+      rows_bytewise(A, packed, absmax, s_table, m0, M, j, K, log2_bs, lane, acc);
     }
-    for (int offset = kGemvLanes / 2; offset >= 1; offset >>= 1) acc = acc + __shfl_xor_sync(0xffffffffu, acc, offset);
-    if (lane == 0) out[m * N + j] = from_float<T>(gemv_finish(acc, bias != nullptr, b));
+#pragma unroll
+    for (int r = 0; r < kRowsPerPass; ++r) {
+      float sum = acc[r];
+      for (int offset = kGemvLanes / 2; offset >= 1; offset >>= 1) sum = sum + __shfl_xor_sync(0xffffffffu, sum, offset);
+      if (lane == 0 && m0 + r < M) out[(m0 + r) * N + j] = from_float<T>(gemv_finish(sum, bias != nullptr, b));
+    }
   }
 }
 
@@ -46,7 +101,7 @@ int launch_gemv4(int32_t quant_type, const void* A, const uint8_t* packed, const
              static_cast<long long>(N));
   gemv4_kernel<T><<<static_cast<unsigned>(blocks), kWarpsPerBlock * kGemvLanes, 0, stream>>>(
       static_cast<const T*>(A), packed, absmax, static_cast<const T*>(bias), static_cast<T*>(out), M, N, K,
-      log2_pow2(bs), quant_type);
+      log2_pow2(bs), quant_type, K % kGemvLanes == 0 && reinterpret_cast<uintptr_t>(packed) % 16 == 0);
   KBIT_CUDA_CHECK(cudaGetLastError());
   return KBIT_OK;
 }

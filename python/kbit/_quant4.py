@@ -19,13 +19,54 @@ from kbit._quant_state import QuantState, check_quant_state
 NESTED_BLOCKSIZE = 256  # bitsandbytes' blocksize for the 8-bit double quantization of absmax
 
 
-def _resolved_absmax(state: QuantState) -> torch.Tensor:
-    """float32 absmax: the stored one, or the nested codes dequantized plus the offset (bitsandbytes' order)."""
+def absmax_parts(state: QuantState) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
+    """The tensors and block size that describe a state's absmax, for the custom ops (kbit._ops): the float32
+    absmax with None, None, 0; or (nested) the 8-bit codes, their float32 absmax, the offset and their blocksize."""
     if not state.nested:
-        return state.absmax.contiguous()
-    absmax = dequantize_blockwise(state.absmax, state.state2)
-    absmax += state.offset.to(absmax.device)
-    return absmax
+        return state.absmax, None, None, 0
+    return state.absmax, state.state2.absmax, state.offset, state.state2.blocksize
+
+
+def resolve_absmax(absmax: torch.Tensor, absmax2: torch.Tensor | None, offset: torch.Tensor | None,
+                   nested_blocksize: int) -> torch.Tensor:
+    """float32 absmax: the stored one, or the nested codes dequantized plus the offset (bitsandbytes' order)."""
+    if absmax2 is None:
+        return absmax.contiguous()
+    codes = absmax.contiguous()
+    out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
+    _dispatch.run(codes, "quant_state.absmax", "kbit_dequantize_blockwise_8bit", _checks.DTYPE_IDS[torch.float32],
+                  _dispatch.ptr(codes), _dispatch.ptr(absmax2.contiguous()), _dispatch.ptr(out), codes.numel(),
+                  nested_blocksize)
+    out += offset.to(out.device)
+    return out
+
+
+def _resolved_absmax(state: QuantState) -> torch.Tensor:
+    return resolve_absmax(*absmax_parts(state))
+
+
+def dequantize_into(packed: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor, blocksize: int,
+                    quant_type: str) -> torch.Tensor:
+    """The native dequantization of out.numel() codes (flat uint8 `packed`, float32 `absmax`) into contiguous
+    `out`, in out's dtype; the caller has checked everything."""
+    _dispatch.run(packed, "packed", "kbit_dequantize_4bit", _checks.DTYPE_IDS[out.dtype], _checks.QUANT_TYPES[quant_type],
+                  _dispatch.ptr(packed), _dispatch.ptr(absmax), _dispatch.ptr(out), out.numel(), blocksize)
+    return out
+
+
+def gemv_rows(A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, bias: torch.Tensor | None,
+              out_features: int, blocksize: int, quant_type: str) -> torch.Tensor:
+    """The native gemv of A (..., in_features) with a 2-D weight (flat uint8 `packed`, float32 `absmax`); bias
+    None or of out_features values (converted to A's dtype). The caller has checked everything."""
+    a = A.detach().contiguous()
+    in_features = a.shape[-1]
+    rows = a.numel() // in_features if in_features else math.prod(a.shape[:-1])
+    out = torch.empty((*a.shape[:-1], out_features), dtype=a.dtype, device=a.device)
+    b = None if bias is None else bias.detach().to(a.dtype).contiguous()
+    _dispatch.run(a, "A", "kbit_gemv_4bit", _checks.DTYPE_IDS[a.dtype], _checks.QUANT_TYPES[quant_type],
+                  _dispatch.ptr(a), _dispatch.ptr(packed), _dispatch.ptr(absmax), None if b is None else _dispatch.ptr(b),
+                  _dispatch.ptr(out), rows, out_features, in_features, blocksize)
+    return out
 
 
 def quantize_4bit(A: torch.Tensor, blocksize: int = 64, quant_type: str = "nf4", compress_statistics: bool = False,
@@ -84,10 +125,14 @@ def dequantize_4bit(packed: torch.Tensor, quant_state: QuantState, *, out: torch
                     ) -> torch.Tensor:
     """Inverse of quantize_4bit: table[code] * absmax[block] in float32, rounded to quant_state.dtype
     (nearest-even), in quant_state.shape. A block with a non-finite absmax gives NaN. `out`, when given, must be
-    a contiguous tensor of that dtype and shape on packed's device; it is written and returned."""
+    a contiguous tensor of that dtype and shape on packed's device; it is written and returned. Under
+    torch.compile / torch.export (without out=) this is the custom op kbit::dequantize_4bit (kbit._ops)."""
     state = check_quant_state(quant_state)
     n = state.shape.numel()
     src = _checks.packed_bytes("packed", packed, n, state.absmax.device)
+    if out is None and torch.compiler.is_compiling():
+        return torch.ops.kbit.dequantize_4bit(src, *absmax_parts(state), list(state.shape), state.blocksize,
+                                          state.quant_type, state.dtype)
     _dispatch.library_for(src, "packed")  # an unsupported device is refused before out is looked at
     if out is None:
         out = torch.empty(state.shape, dtype=state.dtype, device=src.device)
@@ -98,57 +143,12 @@ def dequantize_4bit(packed: torch.Tensor, quant_state: QuantState, *, out: torch
             f"{out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
     else:
         _checks.check_no_overlap(out, **{"packed": packed, "quant_state.absmax": state.absmax})
-    absmax = _resolved_absmax(state)
-    _dispatch.run(src, "packed", "kbit_dequantize_4bit", _checks.DTYPE_IDS[state.dtype],
-                  _checks.QUANT_TYPES[state.quant_type], _dispatch.ptr(src), _dispatch.ptr(absmax), _dispatch.ptr(out),
-                  n, state.blocksize)
-    return out
+    return dequantize_into(src, _resolved_absmax(state), out, state.blocksize, state.quant_type)
 
 
-def _gemv_native(A: torch.Tensor, packed: torch.Tensor, state: QuantState, bias: torch.Tensor | None) -> torch.Tensor:
-    out_features, in_features = state.shape
-    a = A.detach().contiguous()
-    rows = math.prod(a.shape[:-1])
-    out = torch.empty((*A.shape[:-1], out_features), dtype=A.dtype, device=A.device)
-    b = None if bias is None else bias.detach().to(A.dtype).contiguous()
-    absmax = _resolved_absmax(state)
-    _dispatch.run(A, "A", "kbit_gemv_4bit", _checks.DTYPE_IDS[A.dtype], _checks.QUANT_TYPES[state.quant_type],
-                  _dispatch.ptr(a), _dispatch.ptr(packed), _dispatch.ptr(absmax), None if b is None else _dispatch.ptr(b),
-                  _dispatch.ptr(out), rows, out_features, in_features, state.blocksize)
-    return out
-
-
-class _Gemv4bit(torch.autograd.Function):
-    """gemv_4bit with gradients for A and bias (the quantized weight is frozen): dA = dY @ W, dbias = sum dY."""
-
-    @staticmethod
-    def forward(ctx, A, packed, state, bias):
-        ctx.state, ctx.has_bias = state, bias is not None
-        ctx.save_for_backward(packed)
-        return _gemv_native(A, packed, state, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (packed,) = ctx.saved_tensors
-        grad_a = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            weight = dequantize_4bit(packed, ctx.state).to(grad.dtype)
-            grad_a = grad @ weight
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
-        return grad_a, None, None, grad_bias
-
-
-def gemv_4bit(A: torch.Tensor, B_packed: torch.Tensor, quant_state: QuantState, bias: torch.Tensor | None = None
-              ) -> torch.Tensor:
-    """A @ W.T (+ bias) for a 4-bit weight W (out_features, in_features) quantized by quantize_4bit.
-
-    A: (..., in_features), float32/float16/bfloat16, any number of leading dimensions (batch 1..n). Each output
-    is one float32 dot product of A's row with the dequantized weight row (table[code] * absmax in float32,
-    not rounded to A's dtype), summed in the fixed order of csrc/numerics/blockwise4.h (32 lanes over k, then
-    a pairwise lane tree), plus bias (converted to A's dtype) added once, then rounded to A's dtype: the bits do
-    not depend on the thread count. Gradients flow to A and bias (the weight is frozen).
-    """
+def check_gemv_args(A: torch.Tensor, B_packed: torch.Tensor, quant_state: QuantState, bias: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, QuantState, torch.Tensor | None]:
+    """gemv_4bit's (and Linear4bit's) refusals; returns A, the state and the flat packed bytes' tensor."""
     A = _checks.check_tensor("A", A)
     _checks.check_float_dtype("A", A.dtype)
     state = check_quant_state(quant_state)
@@ -167,7 +167,26 @@ def gemv_4bit(A: torch.Tensor, B_packed: torch.Tensor, quant_state: QuantState, 
         if bias.shape != (out_features,) or not bias.is_floating_point() or bias.device != A.device:
             raise _errors.KbitValueError(f"bias must be a floating-point tensor of shape ({out_features},) on "
                                          f"{A.device}; got {bias.dtype} {tuple(bias.shape)} on {bias.device}")
+    return packed, state, bias
+
+
+def gemv_4bit(A: torch.Tensor, B_packed: torch.Tensor, quant_state: QuantState, bias: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """A @ W.T (+ bias) for a 4-bit weight W (out_features, in_features) quantized by quantize_4bit.
+
+    A: (..., in_features), float32/float16/bfloat16, any number of leading dimensions (batch 1..n). Each output
+    is one float32 dot product of A's row with the dequantized weight row (table[code] * absmax in float32,
+    not rounded to A's dtype), summed in the fixed order of csrc/numerics/blockwise4.h (32 lanes over k, then
+    a pairwise lane tree), plus bias (converted to A's dtype) added once, then rounded to A's dtype: the bits do
+    not depend on the thread count, the instruction set or the backend (CPU and CUDA agree bit for bit).
+    Error against float64 with the dequantized weight w: at most gamma_n * sum_k |A[m, k] w[j, k]| with
+    n = ceil(K / 32) + 6, gamma_n = n 2^-24 / (1 - n 2^-24), plus the rounding to A's dtype (blockwise4.h).
+    Gradients flow to A and bias (the weight is frozen). Under torch.compile / torch.export, or when a gradient
+    is needed, this is the custom op kbit::gemv_4bit (kbit._ops).
+    """
+    packed, state, bias = check_gemv_args(A, B_packed, quant_state, bias)
     needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
-    if needs_grad:
-        return _Gemv4bit.apply(A, packed, state, bias)
-    return _gemv_native(A, packed, state, bias)
+    if needs_grad or torch.compiler.is_compiling():
+        return torch.ops.kbit.gemv_4bit(A, packed, *absmax_parts(state), bias, state.shape[0], state.blocksize,
+                                    state.quant_type)
+    return gemv_rows(A, packed, _resolved_absmax(state), bias, state.shape[0], state.blocksize, state.quant_type)

@@ -142,6 +142,35 @@ def test_gemv_4bit_with_several_rows_and_a_nested_state_matches_the_cpu(rows):
     assert_same_bits(gpu, cpu, f"gemv_4bit rows={rows} nested")
 
 
+@pytest.mark.parametrize("rows", [1, 8, 11])
+@pytest.mark.parametrize("byte_offset", [0, 1], ids=["aligned", "misaligned"])
+def test_gemv_4bit_vector_loads_and_byte_loads_both_match_the_cpu(rows, byte_offset):
+    """K % 32 == 0 with a 16-byte aligned weight takes the GPU's staged 16-byte loads; a weight starting one byte
+    into its storage takes the byte-by-byte loads; rows above 8 take a second pass over the weight row."""
+    W = torch.randn(96, 1024, generator=torch.Generator().manual_seed(rows))
+    A = torch.randn(rows, 1024).to(torch.float16)
+    packed, state = F.quantize_4bit(W, blocksize=64)
+    storage = torch.empty(packed.numel() + 1, dtype=torch.uint8)
+    storage[byte_offset:byte_offset + packed.numel()] = packed.reshape(-1)
+    shifted = storage[byte_offset:byte_offset + packed.numel()]
+    cpu = F.gemv_4bit(A, packed, state)
+    gpu_storage = storage.cuda()
+    gpu = F.gemv_4bit(A.cuda(), gpu_storage[byte_offset:byte_offset + packed.numel()],
+                      F.QuantState.from_dict(state.as_dict(), device="cuda"))
+    assert torch.equal(F.gemv_4bit(A, shifted, state), cpu)
+    assert_same_bits(gpu, cpu, f"gemv_4bit rows={rows} offset={byte_offset}")
+
+
+def test_linear4bit_large_batch_on_the_gpu_is_close_to_the_cpu_layer():
+    """Above the gemv rows, both devices dequantize tiles and call their own matmul (MKL, cuBLAS): close, not equal."""
+    torch.manual_seed(1)
+    layer = kbit.nn.Linear4bit(512, 384, compress_statistics=True)
+    x = torch.randn(64, 512)
+    cpu = layer(x)
+    gpu = layer.cuda()(x.cuda()).cpu()
+    assert torch.allclose(gpu, cpu, atol=1e-4, rtol=1e-4)
+
+
 def test_linear4bit_forward_on_the_gpu_matches_the_cpu_layer():
     torch.manual_seed(0)
     dense = torch.nn.Linear(640, 320).to(torch.float16)

@@ -7,6 +7,11 @@ k = l, l + 32, ... in increasing k; then lanes l + 16, l + 8, ..., l + 1 are add
 """
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -45,7 +50,8 @@ def weight_float32(packed: torch.Tensor, state: F.QuantState) -> torch.Tensor:
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("M,N,K,blocksize", [(1, 7, 96, 64), (3, 5, 48, 32), (2, 9, 33, 32), (4, 3, 1000, 128),
-                                             (1, 1, 1, 32), (5, 17, 4100, 4096)])
+                                             (1, 1, 1, 32), (5, 17, 4100, 4096),
+                                             (8, 13, 128, 64), (3, 9, 4096, 64), (11, 6, 64, 32)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_results_follow_the_documented_order_bit_for_bit(quant_type, M, N, K, blocksize, dtype):
     g = torch.Generator().manual_seed(M * N + K)
@@ -61,19 +67,39 @@ def test_results_follow_the_documented_order_bit_for_bit(quant_type, M, N, K, bl
         assert torch.equal(bits(got), bits(expected))
 
 
+def documented_bound(A: torch.Tensor, w: torch.Tensor, K: int, dtype: torch.dtype) -> torch.Tensor:
+    """The error bound of gemv_4bit against the float64 product with the dequantized weight (blockwise4.h):
+    gamma_n * sum_k |a_k w_k| with n = ceil(K / 32) + 6 and gamma_n = n u / (1 - n u), u = 2^-24 (every term sees
+    one product rounding, at most ceil(K / 32) lane additions and 5 tree levels), then the rounding to A's dtype."""
+    n = math.ceil(K / 32) + 6
+    u = 2.0 ** -24
+    float32_bound = n * u / (1 - n * u) * (A.double().abs() @ w.double().abs().T)
+    out_u = {torch.float32: 0.0, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
+    ref = A.double() @ w.double().T
+    tiny = {torch.float32: 0.0, torch.float16: 2.0 ** -25, torch.bfloat16: 0.0}[dtype]  # half a subnormal step
+    return float32_bound + out_u * (ref.abs() + float32_bound) + tiny
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("nested", [False, True])
-def test_accuracy_against_float64(dtype, nested):
+@pytest.mark.parametrize("K", [1030, 4096])
+def test_error_within_the_documented_bound_against_float64(dtype, nested, K):
     g = torch.Generator().manual_seed(3)
-    W = torch.randn(300, 1030, generator=g)
-    A = torch.randn(4, 1030, generator=g).to(dtype)
+    W = torch.randn(300, K, generator=g)
+    A = torch.randn(4, K, generator=g).to(dtype)
     packed, state = F.quantize_4bit(W, blocksize=64, compress_statistics=nested)
-    w = F.dequantize_4bit(packed, state).double()
-    ref = A.double() @ w.T
+    w = weight_float32(packed, state)
+    ref = A.double() @ w.double().T
     got = F.gemv_4bit(A, packed, state).double()
-    scale = A.double().abs() @ w.abs().T  # bound of the rounding error of a float32 sum
-    eps = {torch.float32: 0.0, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
-    assert ((got - ref).abs() <= 1030 * 2.0 ** -24 * scale + eps * ref.abs() + 1e-6).all()
+    err, bound = (got - ref).abs(), documented_bound(A, w, K, dtype)
+    assert (err <= bound).all(), f"worst error / bound = {(err / bound).max().item():.3f}"
+    assert (err > 0).any()  # the bound is tested on real rounding, not on exact results
+
+
+def test_the_bound_check_fails_for_a_result_outside_it():
+    A, w = torch.ones(1, 64), torch.full((1, 64), 0.5)
+    bound = documented_bound(A, w, 64, torch.float32)
+    assert not ((torch.tensor([[32.0]]).double() + 2 * bound - 32.0).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("shape", [(96,), (1, 96), (6, 96), (2, 3, 96), (0, 96), (2, 0, 96)])
@@ -144,6 +170,47 @@ def test_native_checks_back_up_the_python_ones():
         lib.call("kbit_gemv_4bit", 0, 0, None, None, None, None, None, 2, 3, 4, 64, None, 1)
     with pytest.raises(kbit.NativeArgumentError, match="negative size"):
         lib.call("kbit_gemv_4bit", 0, 0, None, None, None, None, None, -1, 3, 4, 64, None, 1)
+
+
+def _path_results() -> list[torch.Tensor]:
+    """gemv results covering every CPU code path: K a multiple of 32 (the fused AVX-512 tiles, every batch tile
+    shape from 1 to 11 rows, row counts that leave remainders) and not (the row-by-row copies), odd K (rows that
+    start at an odd nibble), blocks spanning rows, a non-finite block, fp4, every dtype."""
+    g = torch.Generator().manual_seed(11)
+    results = []
+    for (N, K, bs, qt) in ((37, 256, 64, "nf4"), (9, 96, 128, "fp4"), (13, 100, 32, "nf4"), (7, 33, 64, "fp4"),
+                           (6, 32, 4096, "nf4")):
+        W = torch.randn(N, K, generator=g)
+        W[N // 2, 0] = float("inf")
+        packed, state = F.quantize_4bit(W, blocksize=bs, quant_type=qt)
+        for dtype in DTYPES:
+            for M in (1, 2, 3, 4, 5, 6, 7, 8, 11):
+                A = torch.randn(M, K, generator=g).to(dtype)
+                results.append(F.gemv_4bit(A, packed, state, torch.randn(N, generator=g).to(dtype)))
+    return results
+
+
+_PATH_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from test_gemv4 import _path_results
+torch.save(_path_results(), sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("forced", ["KBIT_CPU_BASELINE", "KBIT_CPU_NO_AVX512"])
+def test_every_instruction_set_writes_the_same_bits(tmp_path, forced):
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    wide = " avx512f" if forced == "KBIT_CPU_NO_AVX512" else " avx2"
+    if wide not in flags or os.environ.get("KBIT_CPU_BASELINE") == "1" or os.environ.get(forced) == "1":
+        pytest.skip(f"this CPU has no{wide}, or the environment already forces {forced}=1")
+    path = tmp_path / "forced.pt"
+    args = [sys.executable, "-c", _PATH_SCRIPT, os.path.dirname(__file__), str(path)]
+    subprocess.run(args, check=True, env=dict(os.environ, **{forced: "1"}))
+    here, there = _path_results(), torch.load(path)
+    assert len(here) == len(there) == 5 * 3 * 9
+    for i, (x, y) in enumerate(zip(here, there)):
+        assert torch.equal(bits(x), bits(y)), f"result {i} differs under {forced}=1"
 
 
 @pytest.mark.cuda

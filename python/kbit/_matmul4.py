@@ -1,0 +1,94 @@
+"""The matmul of a 4-bit linear layer: which path serves a batch, and the dequantized-tile path.
+
+This module owns how Linear4bit multiplies (x @ W.T + b and, for the backward pass, grad @ W): a batch of at
+most GEMV_MAX_ROWS rows goes through the native gemv_4bit (which reads the 4-bit weight once and is
+bandwidth-bound); a larger one dequantizes the weight a tile of output rows at a time into a reused buffer, in
+the compute dtype, and runs torch's matmul on each tile, so that no full dense weight is allocated (and paged in)
+per call and each tile is multiplied while it is still in the cache. A tile's values are exactly those of
+dequantize_4bit(W) rounded to the compute dtype, so the result is torch's F.linear(x, dequantize_4bit(W)) up to
+the summation order of torch's matmul. The functions here take checked tensors; kbit._ops wraps them as custom
+ops and kbit.nn.linear4bit calls those.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+from kbit import _quant4
+
+GEMV_MAX_ROWS = 8  # rows up to which gemv_4bit beats dequantized tiles + matmul (ci/bench.py, Linear4bit rows)
+TILE_BYTES = 16 << 20  # a tile of the dequantized weight: few enough torch matmul calls (each costs ~ms of thread start here)
+
+_scratch = threading.local()
+
+
+def _buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reused flat buffer of at least `numel` elements (CPU: one per thread, dtype and device; it grows, never
+    shrinks). CUDA takes a fresh tensor from torch's caching allocator, which is already reused memory and keeps
+    the stream semantics of the caller."""
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=dtype, device=device)
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    buf = buffers.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[dtype] = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
+
+
+def tile_rows(out_features: int, in_features: int, blocksize: int, itemsize: int) -> int:
+    """Weight rows per tile: about TILE_BYTES of dequantized values, and a multiple of the rows after which a
+    tile starts on a block boundary and a whole byte (so a tile is one slice of the packed codes and absmax)."""
+    unit = blocksize // math.gcd(in_features, blocksize) if in_features else 1
+    rows = max(1, TILE_BYTES // max(1, in_features * itemsize)) // unit * unit
+    return min(out_features, max(unit, rows))
+
+
+def _tiles(packed: torch.Tensor, absmax: torch.Tensor, out_features: int, in_features: int, blocksize: int,
+           quant_type: str, dtype: torch.dtype):
+    """(first row, dequantized tile) over the weight, each tile in the same reused buffer."""
+    step = tile_rows(out_features, in_features, blocksize, torch.empty((), dtype=dtype).element_size())
+    buf = _buffer(step * in_features, dtype, packed.device)
+    for r0 in range(0, out_features, step):
+        r1 = min(out_features, r0 + step)
+        first, count = r0 * in_features, (r1 - r0) * in_features
+        tile = buf[:count]
+        blocks = slice(first // blocksize, (first + count + blocksize - 1) // blocksize)
+        _quant4.dequantize_into(packed[first // 2:(first + count + 1) // 2], absmax[blocks], tile, blocksize,
+                                quant_type)
+        yield r0, tile.view(r1 - r0, in_features)
+
+
+def linear(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, bias: torch.Tensor | None,
+           out_features: int, blocksize: int, quant_type: str) -> torch.Tensor:
+    """x @ W.T (+ bias) in x's dtype; absmax resolved (float32), packed the flat bytes."""
+    in_features = x.shape[-1]
+    rows = x.numel() // in_features if in_features else math.prod(x.shape[:-1])
+    if rows <= GEMV_MAX_ROWS or in_features == 0:
+        return _quant4.gemv_rows(x, packed, absmax, bias, out_features, blocksize, quant_type)
+    x2 = x.detach().reshape(rows, in_features)
+    b = None if bias is None else bias.detach().to(x.dtype)
+    out = torch.empty((rows, out_features), dtype=x.dtype, device=x.device)
+    tiles = _tiles(packed, absmax, out_features, in_features, blocksize, quant_type, x.dtype)
+    for r0, w in tiles:
+        r1 = r0 + w.shape[0]
+        if b is None:
+            torch.mm(x2, w.t(), out=out[:, r0:r1])
+        else:
+            torch.addmm(b[r0:r1], x2, w.t(), out=out[:, r0:r1])
+    return out.reshape(*x.shape[:-1], out_features)
+
+
+def grad_input(grad: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, in_features: int, blocksize: int,
+               quant_type: str) -> torch.Tensor:
+    """grad @ W (the gradient of x @ W.T with respect to x) in grad's dtype, tile by tile: no dense W."""
+    out_features = grad.shape[-1]
+    rows = grad.numel() // out_features if out_features else math.prod(grad.shape[:-1])
+    g2 = grad.reshape(rows, out_features)
+    out = torch.zeros((rows, in_features), dtype=grad.dtype, device=grad.device)
+    for r0, w in _tiles(packed, absmax, out_features, in_features, blocksize, quant_type, grad.dtype):
+        out.addmm_(g2[:, r0:r0 + w.shape[0]], w)
+    return out.reshape(*grad.shape[:-1], in_features)
