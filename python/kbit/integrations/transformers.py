@@ -180,11 +180,22 @@ class KbitQuantize(ConversionOps):
         return result
 
 
+class _SavedAsIs(ConversionOps):
+    """The reverse of KbitDeserialize for save_pretrained: a Linear4bit's state_dict already is the checkpoint form."""
+
+    def convert(self, input_dict, **kwargs):
+        return input_dict
+
+
 class KbitDeserialize(ConversionOps):
     """Load a pre-quantized weight (kbit's or bitsandbytes' items) into its Linear4bit, no conversion."""
 
     def __init__(self, hf_quantizer):
         self.hf_quantizer = hf_quantizer
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return _SavedAsIs()
 
     def convert(self, input_dict, model=None, full_layer_name=None, **kwargs):
         items = {k: (v[0] if isinstance(v, list) else v) for k, v in input_dict.items()}
