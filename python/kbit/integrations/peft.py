@@ -9,10 +9,11 @@ disk is registered again (`register(LoraConfig.from_pretrained(path))`) before P
 Merging (merge / merge_and_unload) dequantizes the 4-bit weight, adds the adapter's B @ A * scaling in float32 and
 quantizes the sum again with the layer's own settings. The merged layer is a Linear4bit, so the merge adds the
 4-bit rounding of the sum: each element w of the merged weight W' = dequant(W) + dW comes back as q with
-    |q - w| <= h * a~ + max(0, a - a~) + 2**-8 * a
+    |q - w| <= h * a~ + max(0, a - a~) + 2**-8 * (a + a~)
 where a = max |W'| over w's block, a~ the absmax the new state stores for that block (a itself without double
 quantization, its 8-bit code with it), h half the widest gap between neighbouring codes of the 4-bit table
-(NF4: 0.13852, FP4: 0.16667), and 2**-8 * a covers the rounding of W' and of q to a 16-bit weight dtype.
+(NF4: 0.15190, between -1 and -0.69619; FP4: 0.16667), and 2**-8 * (a + a~) covers the rounding of W' and of q
+to a 16-bit weight dtype (bf16: 2**-9 relative each).
 Unmerging subtracts dW from the requantized weight and quantizes again: it does not give the original codes back.
 """
 from __future__ import annotations
@@ -168,5 +169,8 @@ def prepare_for_kbit_training(model: torch.nn.Module, use_gradient_checkpointing
         kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         if kwargs["use_reentrant"]:
             model.enable_input_require_grads()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.x on
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
