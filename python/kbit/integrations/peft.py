@@ -162,7 +162,7 @@ def prepare_for_kbit_training(model: torch.nn.Module, use_gradient_checkpointing
     for param in model.parameters():
         param.requires_grad_(False)
     if upcast_norms:
-        for name, module in model.named_modules():
+        for module in model.modules():
             if "norm" in type(module).__name__.lower():
                 module.to(torch.float32)
     if use_gradient_checkpointing:

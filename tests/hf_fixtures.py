@@ -1,14 +1,16 @@
 """Fixtures of the transformers/PEFT tests: a small Llama built here with random weights (the Hub is out of reach),
-saved as bf16 safetensors, and its 4-bit checkpoints written by kbit and by bitsandbytes 0.50.2's CPU path."""
+saved as bf16 safetensors, and its 4-bit checkpoints written by kbit and by bitsandbytes 0.50.2's CPU path.
+
+tests/conftest.py loads this module as a plugin (pytest_plugins), so the fixtures reach tests/hf/ without a
+second conftest.py, which would take the module name `conftest` from tests/conftest.py that other tests import."""
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # as tests/conftest.py
+from conftest import IN_CI
 
 HF_PACKAGES = ("transformers", "peft", "accelerate")
 # every in_features a multiple of 64 (the blocksize): bitsandbytes' CPU dequantize is wrong when 4-bit blocks cross
