@@ -4,6 +4,7 @@ This module owns `nox -s bench`: it times, on one size x size float32 tensor (de
  - the memory-copy bandwidth: `dst.copy_(src)` between preallocated tensors (no page faults counted),
  - 8-bit blockwise and 4-bit (nf4, fp4) quantize and dequantize,
  - one optimizer step of AdamW8bit and AdamW32bit, beside torch.optim.AdamW's step on the same parameter,
+ - Linear8bitLt's forward at batch 1 and 32 beside the dense nn.Linear of the same weight (linear8bit_ops),
  - the same operations in bitsandbytes when it is importable in the environment,
 and prints the median of `--repeats` timed runs (after one warm-up) with throughput and the targets of
 issue 3. The runs are round-robin (one call of every operation per round), so a burst of load from
@@ -113,6 +114,39 @@ def optimizer_ops(torch, size: int) -> list[Op]:
             Op("kbit", "AdamW32bit step", _optimizer_step(torch, lambda p: kbit.optim.AdamW32bit(p, lr=1e-3), size))]
 
 
+def linear8bit_ops(torch, size: int, batches: tuple[int, ...] = (1, 32)) -> list[Op]:
+    """Linear8bitLt (threshold 6.0, int8 weight) against the dense nn.Linear of the same size x size weight, on
+    float32 activations with 1 % outlier columns (x25), at each batch; bitsandbytes' layer too when importable
+    (in eval mode: in training mode its CPU path skips int8). Counted: the layer's weight bytes read (int8 for
+    the 8-bit layers, float32 for the dense one). Self-contained, so the rest of the bench can change freely."""
+    import kbit.nn
+
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.nn.Linear(size, size).requires_grad_(False)
+    ours = kbit.nn.Linear8bitLt(size, size, has_fp16_weights=False, threshold=6.0)
+    ours.load_state_dict(dense.state_dict())
+    ours.quantize_()
+    layers = [("torch", "nn.Linear (dense fp32)", dense, 4), ("kbit", "Linear8bitLt (int8, threshold 6)", ours, 1)]
+    try:
+        import bitsandbytes as bnb
+
+        theirs = bnb.nn.Linear8bitLt(size, size, has_fp16_weights=False, threshold=6.0)
+        theirs.load_state_dict(dense.state_dict())
+        layers.append(("bitsandbytes", "Linear8bitLt (int8, threshold 6)", theirs.to("cpu").eval(), 1))
+    except Exception:  # not installed or broken: the bitsandbytes rows above already say why
+        pass
+    ops = []
+    for batch in batches:
+        x = torch.randn(batch, size, generator=gen)
+        x[:, torch.randperm(size, generator=gen)[:max(1, size // 100)]] *= 25
+        for library, name, layer, weight_bytes in layers:
+            def call(layer=layer, x=x):
+                with torch.no_grad():
+                    return layer(x)
+            ops.append(Op(library, f"{name} batch {batch}", call, size * size * weight_bytes, "weight bytes read"))
+    return ops
+
+
 def _not_measured(what: str, exc: Exception) -> Row:
     return Row("bitsandbytes", f"{what} not measured: {type(exc).__name__}: {exc}", float("nan"), None, "")
 
@@ -184,6 +218,7 @@ def run(size: int, repeats: int, threads: int | None) -> tuple[dict, list[Row]]:
               "cpu": platform.processor() or platform.machine()}
     bnb_ops, bnb_missing = bitsandbytes_ops(torch, x, size)
     ops = [copy_op(torch, x)] + kbit_quant_ops(torch, x) + optimizer_ops(torch, size) + bnb_ops
+    ops += linear8bit_ops(torch, size)
     rows = round_robin(ops, repeats) + bnb_missing
     copy = rows[0]
     judge(rows, copy)

@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes; the Python loader refuses any other value. */
-#define KBIT_ABI_VERSION 2
+#define KBIT_ABI_VERSION 3
 
 /* Every constant of this ABI is written here once. kbit._abi (python/kbit/_abi.py) holds the Python copy;
  * tests/runtime/test_abi.py parses this header and fails when the two differ (enums, defines, structs, prototypes). */
@@ -62,6 +62,8 @@ typedef enum kbit_quant4 { KBIT_NF4 = 0, KBIT_FP4 = 1 } kbit_quant4;
 /* Block sizes: powers of two in [MIN, MAX]. The 8-bit optimizer states use blocks of KBIT_OPTIM_BLOCKSIZE. */
 #define KBIT_BLOCKSIZE_8BIT_MIN 64
 #define KBIT_BLOCKSIZE_8BIT_MAX 4096
+/* The CPU library's _map functions also take 8192 and 16384 (bitsandbytes' CPU path accepts 16384). */
+#define KBIT_BLOCKSIZE_8BIT_MAX_CPU 16384
 #define KBIT_BLOCKSIZE_4BIT_MIN 32
 #define KBIT_BLOCKSIZE_4BIT_MAX 4096
 #define KBIT_OPTIM_BLOCKSIZE 256
@@ -176,6 +178,36 @@ KBIT_API int kbit_optimizer_update_8bit_blockwise(int32_t optimizer, int32_t dty
  * paging needs a CUDA library. */
 KBIT_API int kbit_managed_alloc(void** out, int64_t bytes);
 KBIT_API int kbit_managed_free(void* ptr);
+
+/* ---- 8-bit blockwise quantization with any sorted map (ABI 3) ----
+ * As kbit_quantize_blockwise_8bit / kbit_dequantize_blockwise_8bit, with the map given by the caller: `code`
+ * holds KBIT_MAP_SIZE_8BIT float32 values in ascending order (ties allowed), in this library's memory (host
+ * for the CPU library, device for a CUDA library). Codes are the exact nearest map value (ties to the lower
+ * code); a block whose absmax is not finite stores the code nearest 0 and dequantizes to NaN. blocksize: a
+ * power of two from KBIT_BLOCKSIZE_8BIT_MIN to KBIT_BLOCKSIZE_8BIT_MAX_CPU (CPU library) or
+ * KBIT_BLOCKSIZE_8BIT_MAX (CUDA). The CPU library refuses a map that is not finite, not sorted, whose
+ * neighbour sums overflow or whose nonzero values lie below 2^-100 (KBIT_ERR_INVALID_ARGUMENT); a CUDA library
+ * does not read the map on the host (that would synchronize), so its caller checks it. */
+KBIT_API int kbit_quantize_blockwise_8bit_map(int32_t dtype, const float* code, const void* A, float* absmax,
+                                              uint8_t* out, int64_t n, int32_t blocksize, void* stream,
+                                              int32_t num_threads);
+KBIT_API int kbit_dequantize_blockwise_8bit_map(int32_t dtype, const float* code, const uint8_t* codes,
+                                                const float* absmax, void* out, int64_t n, int32_t blocksize,
+                                                void* stream, int32_t num_threads);
+
+/* ---- LLM.int8 (ABI 3; numerics in csrc/numerics/int8.h). A is rows x cols, row-major. ----
+ * Row-wise int8 quantization: row_stats[r] = max |A[r, :]| over the elements with |x| < threshold (all of
+ * them when threshold is 0; NaN-propagating); out[r, j] = rint(A[r, j] * (127 / row_stats[r])), clamped to
+ * +-127, and 0 where outlier_cols[j] is nonzero (outlier_cols: cols bytes, or NULL for none). A row whose stats
+ * are 0 or not finite stores zeros. */
+KBIT_API int kbit_int8_vectorwise_quant(int32_t dtype, const void* A, const uint8_t* outlier_cols, float threshold,
+                                        int8_t* out, float* row_stats, int64_t rows, int64_t cols, void* stream,
+                                        int32_t num_threads);
+/* out[r, j] = float(A[r, j]) * (row_stats[r] * col_stats[j] * (1 / 127^2)) (+ bias[j]) in float32, rounded to
+ * dtype, for A the int32 product of two row-quantized int8 matrices (rows x cols); bias (cols, dtype) or NULL. */
+KBIT_API int kbit_int8_mm_dequant(int32_t dtype, const int32_t* A, const float* row_stats, const float* col_stats,
+                                  const void* bias, void* out, int64_t rows, int64_t cols, void* stream,
+                                  int32_t num_threads);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
 
 #include "common/dispatch.h"
 #include "common/status.h"
+#include "numerics/blockwise8.h"
 #include "numerics/optim.h"
 
 namespace kbit {
@@ -32,6 +33,29 @@ inline int check_blockwise_8bit(int32_t dtype, const void* in, const void* absma
 }
 
 inline int64_t block_count(int64_t n, int32_t blocksize) { return (n + blocksize - 1) / blocksize; }
+
+/* The checks of the _map entry points: those above with this library's largest blocksize, and the map pointer. */
+inline int check_blockwise_8bit_map(int32_t dtype, const float* code, const void* in, const void* absmax,
+                                    const void* out, int64_t n, int32_t blocksize, int32_t max_blocksize) {
+  KBIT_CHECK(code != nullptr, KBIT_ERR_INVALID_ARGUMENT, "code is NULL; pass the 256 float32 values of the map");
+  KBIT_CHECK(is_power_of_two_in(blocksize, KBIT_BLOCKSIZE_8BIT_MIN, max_blocksize), KBIT_ERR_INVALID_ARGUMENT,
+             "blocksize %d is not a power of two in %d..%d", blocksize, KBIT_BLOCKSIZE_8BIT_MIN, max_blocksize);
+  return check_blockwise_8bit(dtype, in, absmax, out, n, KBIT_BLOCKSIZE_8BIT_MIN);
+}
+
+/* A map in host memory that nearest_code cannot search exactly (numerics/blockwise8.h check_code_map). */
+inline int check_map_values(const float* code) {
+  int where = -1;
+  const int problem = check_code_map(code, &where);
+  KBIT_CHECK(problem != kMapNotFinite, KBIT_ERR_INVALID_ARGUMENT, "code[%d] is not finite", where);
+  KBIT_CHECK(problem != kMapNotSorted, KBIT_ERR_INVALID_ARGUMENT,
+             "code[%d] < code[%d]: the map must be sorted in ascending order", where, where - 1);
+  KBIT_CHECK(problem != kMapTooLarge, KBIT_ERR_INVALID_ARGUMENT,
+             "code[%d - 1] + code[%d] overflows float32; scale the map into [-1, 1]", where, where);
+  KBIT_CHECK(problem != kMapTooSmall, KBIT_ERR_INVALID_ARGUMENT,
+             "|code[%d]| is below 2^-100 but not 0; midpoints that small are not split exactly", where);
+  return KBIT_OK;
+}
 
 }  // namespace kbit
 
@@ -71,6 +95,37 @@ inline int check_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, con
   KBIT_CHECK(rows * out_features == 0 || out != nullptr, KBIT_ERR_INVALID_ARGUMENT, "out is NULL");
   KBIT_CHECK(rows * out_features == 0 || !weights || (A != nullptr && packed != nullptr && absmax != nullptr),
              KBIT_ERR_INVALID_ARGUMENT, "A, packed or absmax is NULL with a non-empty product");
+  return KBIT_OK;
+}
+
+/* LLM.int8 (numerics/int8.h): rows x cols, row-major. */
+inline int check_int8_sizes(int64_t rows, int64_t cols) {
+  KBIT_CHECK(rows >= 0 && cols >= 0, KBIT_ERR_INVALID_ARGUMENT, "negative size: rows = %lld, cols = %lld",
+             static_cast<long long>(rows), static_cast<long long>(cols));
+  KBIT_CHECK(cols == 0 || rows <= INT64_MAX / cols, KBIT_ERR_INVALID_ARGUMENT, "rows * cols overflows int64");
+  return KBIT_OK;
+}
+
+inline int check_int8_quant(int32_t dtype, const void* A, const void* out, const void* row_stats, int64_t rows,
+                            int64_t cols, float threshold) {
+  if (int s = check_dtype(dtype)) return s;
+  if (int s = check_int8_sizes(rows, cols)) return s;
+  KBIT_CHECK(threshold >= 0.0f, KBIT_ERR_INVALID_ARGUMENT, "threshold = %g; pass 0 (no outliers) or a positive value",
+             static_cast<double>(threshold));
+  KBIT_CHECK(rows == 0 || row_stats != nullptr, KBIT_ERR_INVALID_ARGUMENT, "row_stats is NULL with rows = %lld",
+             static_cast<long long>(rows));
+  KBIT_CHECK(rows * cols == 0 || (A != nullptr && out != nullptr), KBIT_ERR_INVALID_ARGUMENT,
+             "A or out is NULL with %lld elements", static_cast<long long>(rows * cols));
+  return KBIT_OK;
+}
+
+inline int check_int8_mm_dequant(int32_t dtype, const void* A, const void* row_stats, const void* col_stats,
+                                 const void* out, int64_t rows, int64_t cols) {
+  if (int s = check_dtype(dtype)) return s;
+  if (int s = check_int8_sizes(rows, cols)) return s;
+  KBIT_CHECK(rows * cols == 0 || (A != nullptr && row_stats != nullptr && col_stats != nullptr && out != nullptr),
+             KBIT_ERR_INVALID_ARGUMENT, "A, row_stats, col_stats or out is NULL with %lld elements",
+             static_cast<long long>(rows * cols));
   return KBIT_OK;
 }
 

@@ -1,6 +1,8 @@
 /* blockwise8.cpp: CPU entry points of 8-bit blockwise quantization (libkbit_cpu).
  * The math is numerics/blockwise8.h; this file owns only the loops over blocks and their threading
  * (cpu/parallel.h across blocks, with the thread count the caller passes). */
+#include <string.h>
+
 #include <type_traits>
 
 #include "common/args.h"
@@ -27,14 +29,14 @@ float block_absmax(const T* in, int64_t len) {
 /* The codes of one block; the per-block choices (non-finite block, reciprocal overflow) are made once here,
  * so the per-element loop is a multiply and the bucketed search. Same codes as quantize_8bit. */
 template <class T>
-void quantize_block(const T* in, uint8_t* out, int64_t len, float absmax, const MapView& map) {
+void quantize_block(const T* in, uint8_t* out, int64_t len, float absmax, const MapView& map, uint8_t zero) {
   if (!is_finite_scale(absmax)) {
-    for (int64_t i = 0; i < len; ++i) out[i] = kSignedZeroCode;
+    for (int64_t i = 0; i < len; ++i) out[i] = zero;
     return;
   }
   const float inv = inverse_absmax(absmax);
-  if (inv > kFloatMax) {  // subnormal absmax: divide, as normalize() does
-    for (int64_t i = 0; i < len; ++i) out[i] = nearest_code_bucketed(to_float(in[i]) / absmax, map.buckets, map.above);
+  if (inv > kFloatMax || map.buckets == nullptr) {  // subnormal absmax or a map without bucket tables
+    for (int64_t i = 0; i < len; ++i) out[i] = nearest_code(normalize(to_float(in[i]), absmax, inv), map);
     return;
   }
   // a finite absmax means no NaN in the block, so x is never NaN: the table load and the comparison suffice
@@ -48,15 +50,15 @@ void quantize_block(const T* in, uint8_t* out, int64_t len, float absmax, const 
 }
 
 template <class T>
-void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t bs, int32_t threads) {
+void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_t bs, int32_t threads,
+                     const MapView& map, uint8_t zero) {
   const int64_t blocks = block_count(n, bs);
-  const MapView& map = host_map(KBIT_MAP_DYNAMIC_SIGNED);
   parallel_for(blocks, team_for(n, threads), [&](int64_t b) {
     const int64_t start = b * bs;
     const int64_t len = n - start < bs ? n - start : bs;
     const float m = block_absmax(in + start, len);
     absmax[b] = m;
-    quantize_block(in + start, out + start, len, m, map);
+    quantize_block(in + start, out + start, len, m, map, zero);
   });
 }
 
@@ -66,22 +68,22 @@ void quantize_blocks(const T* in, float* absmax, uint8_t* out, int64_t n, int32_
  * Blocks of 256 or more first tabulate their 256 possible outputs (values[c] * scale, the multiply of
  * dequantize_8bit, so the same bits) and then only look up; shorter blocks multiply per element.
  * Returns how many elements it wrote; the caller's loop does the rest. */
-int64_t stream_block(const uint8_t* codes, float* out, int64_t len, float scale) {
+int64_t stream_block(const uint8_t* codes, float* out, int64_t len, float scale, const float* values) {
   if (!is_finite_scale(scale)) return 0;
   int64_t i = 0;
   for (; i < len && (reinterpret_cast<uintptr_t>(out + i) & 15u) != 0; ++i)
-    out[i] = dequantize_8bit(codes[i], scale, kSignedValues);
+    out[i] = dequantize_8bit(codes[i], scale, values);
   if (len < 256) {
     const __m128 s = _mm_set1_ps(scale);
     for (; i + 4 <= len; i += 4) {
       const uint8_t* k = codes + i;
-      const __m128 v = _mm_setr_ps(kSignedValues[k[0]], kSignedValues[k[1]], kSignedValues[k[2]], kSignedValues[k[3]]);
+      const __m128 v = _mm_setr_ps(values[k[0]], values[k[1]], values[k[2]], values[k[3]]);
       _mm_stream_ps(out + i, _mm_mul_ps(v, s));
     }
     return i;
   }
   alignas(64) float scaled[256];
-  for (int c = 0; c < 256; ++c) scaled[c] = kSignedValues[c] * scale;
+  for (int c = 0; c < 256; ++c) scaled[c] = values[c] * scale;
   for (; i + 8 <= len; i += 8) {
     const uint8_t* k = codes + i;
     _mm_stream_ps(out + i, _mm_setr_ps(scaled[k[0]], scaled[k[1]], scaled[k[2]], scaled[k[3]]));
@@ -92,7 +94,8 @@ int64_t stream_block(const uint8_t* codes, float* out, int64_t len, float scale)
 #endif
 
 template <class T>
-void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_t n, int32_t bs, int32_t threads) {
+void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_t n, int32_t bs, int32_t threads,
+                       const float* values) {
   const int64_t blocks = block_count(n, bs);
   // stream_block writes float outputs only
   const bool streaming = std::is_same<T, float>::value && stream_past_cache(out, n * static_cast<int64_t>(sizeof(T)));
@@ -105,16 +108,38 @@ void dequantize_blocks(const uint8_t* codes, const float* absmax, T* out, int64_
       int64_t i = 0;
 #if KBIT_X86_DISPATCH
       if constexpr (std::is_same<T, float>::value) {
-        if (streaming) i = stream_block(codes + start, out + start, len, scale);
+        if (streaming) i = stream_block(codes + start, out + start, len, scale, values);
       }
 #endif
-      for (; i < len; ++i) out[start + i] = from_float<T>(dequantize_8bit(codes[start + i], scale, kSignedValues));
+      for (; i < len; ++i) out[start + i] = from_float<T>(dequantize_8bit(codes[start + i], scale, values));
     }
 #if KBIT_X86_DISPATCH
     if (streaming) _mm_sfence();  // this thread's streamed stores are visible before the region ends
 #endif
   });
 }
+
+/* The search view of a caller's map: the dynamic maps (compared bit for bit) get their bucket tables, which
+ * give the same exact codes in one load; any other map gets its midpoints computed here (split_midpoint). */
+struct CallerMap {
+  float mid_hi[255], mid_lo[255];
+  MapView view;
+  uint8_t zero;
+
+  explicit CallerMap(const float* values) {
+    for (int32_t id : {KBIT_MAP_DYNAMIC_SIGNED, KBIT_MAP_DYNAMIC_UNSIGNED}) {
+      const MapView& known = host_map(id);
+      if (memcmp(values, known.values, 256 * sizeof(float)) == 0) {
+        view = known;
+        zero = zero_code(known.mid_hi, known.mid_lo);
+        return;
+      }
+    }
+    for (int c = 0; c < 255; ++c) split_midpoint(values[c], values[c + 1], &mid_hi[c], &mid_lo[c]);
+    view = MapView{values, mid_hi, mid_lo};
+    zero = zero_code(mid_hi, mid_lo);
+  }
+};
 
 }  // namespace
 }  // namespace kbit
@@ -128,7 +153,8 @@ KBIT_API int kbit_quantize_blockwise_8bit(int32_t dtype, const void* A, float* a
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     return kbit::dispatch(dtype, [&](auto tag) {
       using T = kbit::dtype_t<decltype(tag)>;
-      kbit::quantize_blocks(static_cast<const T*>(A), absmax, out, n, blocksize, num_threads);
+      kbit::quantize_blocks(static_cast<const T*>(A), absmax, out, n, blocksize, num_threads,
+                            kbit::host_map(KBIT_MAP_DYNAMIC_SIGNED), kbit::kSignedZeroCode);
       return KBIT_OK;
     });
   });
@@ -141,7 +167,38 @@ KBIT_API int kbit_dequantize_blockwise_8bit(int32_t dtype, const uint8_t* codes,
     if (int s = kbit::check_host_launch(stream, num_threads)) return s;
     return kbit::dispatch(dtype, [&](auto tag) {
       using T = kbit::dtype_t<decltype(tag)>;
-      kbit::dequantize_blocks(codes, absmax, static_cast<T*>(out), n, blocksize, num_threads);
+      kbit::dequantize_blocks(codes, absmax, static_cast<T*>(out), n, blocksize, num_threads, kbit::kSignedValues);
+      return KBIT_OK;
+    });
+  });
+}
+
+KBIT_API int kbit_quantize_blockwise_8bit_map(int32_t dtype, const float* code, const void* A, float* absmax,
+                                              uint8_t* out, int64_t n, int32_t blocksize, void* stream,
+                                              int32_t num_threads) {
+  return kbit::guarded("kbit_quantize_blockwise_8bit_map", [&]() -> int {
+    if (int s = kbit::check_blockwise_8bit_map(dtype, code, A, absmax, out, n, blocksize, KBIT_BLOCKSIZE_8BIT_MAX_CPU)) return s;
+    if (int s = kbit::check_host_launch(stream, num_threads)) return s;
+    if (int s = kbit::check_map_values(code)) return s;
+    const kbit::CallerMap map(code);
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::quantize_blocks(static_cast<const T*>(A), absmax, out, n, blocksize, num_threads, map.view, map.zero);
+      return KBIT_OK;
+    });
+  });
+}
+
+KBIT_API int kbit_dequantize_blockwise_8bit_map(int32_t dtype, const float* code, const uint8_t* codes,
+                                                const float* absmax, void* out, int64_t n, int32_t blocksize,
+                                                void* stream, int32_t num_threads) {
+  return kbit::guarded("kbit_dequantize_blockwise_8bit_map", [&]() -> int {
+    if (int s = kbit::check_blockwise_8bit_map(dtype, code, codes, absmax, out, n, blocksize, KBIT_BLOCKSIZE_8BIT_MAX_CPU)) return s;
+    if (int s = kbit::check_host_launch(stream, num_threads)) return s;
+    if (int s = kbit::check_map_values(code)) return s;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::dequantize_blocks(codes, absmax, static_cast<T*>(out), n, blocksize, num_threads, code);
       return KBIT_OK;
     });
   });

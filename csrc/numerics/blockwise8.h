@@ -93,4 +93,39 @@ KBIT_HD float dequantize_8bit(uint8_t code, float absmax, const float* values) {
   return is_finite_scale(absmax) ? values[code] * absmax : canonical_nan();
 }
 
+/* ---- any sorted 256-value map (kbit_quantize_blockwise_8bit_map) ----
+ * The exact midpoint of two neighbours a <= b as hi + lo: hi = fl(a + b) / 2, lo = the rounding error of that
+ * sum (Knuth's two-sum) / 2. Both halvings are exact for the maps check_code_map accepts, and |lo| is at most
+ * half the spacing of floats at hi, which is what above_midpoint needs to decide `x > hi + lo` exactly.
+ * For the dynamic maps this reproduces the generated mid_hi / mid_lo tables bit for bit (tests check it). */
+KBIT_HD void split_midpoint(float a, float b, float* hi, float* lo) {
+  const float s = a + b;
+  const float bv = s - a;
+  const float err = (a - (s - bv)) + (b - bv);
+  *hi = s * 0.5f;
+  *lo = err * 0.5f;
+}
+
+/* Why a map cannot be searched exactly, or kMapOk. The map must be 256 finite values in non-decreasing
+ * order whose neighbour sums are finite and whose midpoints split exactly (no magnitude below 2^-100 other
+ * than zero, where halving a rounding error could lose a bit). */
+enum MapProblem { kMapOk = 0, kMapNotFinite = 1, kMapNotSorted = 2, kMapTooLarge = 3, kMapTooSmall = 4 };
+
+KBIT_HD int check_code_map(const float* values, int* where) {
+  constexpr float kTiny = 0x1p-100f;
+  for (int i = 0; i < 256; ++i) {
+    *where = i;
+    const float v = values[i];
+    if (!(v - v == 0.0f)) return kMapNotFinite;
+    if (v != 0.0f && (v < 0.0f ? -v : v) < kTiny) return kMapTooSmall;
+    if (i > 0 && v < values[i - 1]) return kMapNotSorted;
+    if (i > 0 && !((values[i - 1] + v) - (values[i - 1] + v) == 0.0f)) return kMapTooLarge;
+  }
+  *where = -1;
+  return kMapOk;
+}
+
+/* The code nearest to 0 (the code a non-finite block stores; it dequantizes to NaN whatever it is). */
+KBIT_HD uint8_t zero_code(const float* mid_hi, const float* mid_lo) { return nearest_code(0.0f, mid_hi, mid_lo); }
+
 }  // namespace kbit

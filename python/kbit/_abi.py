@@ -14,7 +14,7 @@ import ctypes
 
 from kbit import _errors
 
-ABI_VERSION = 2  # KBIT_ABI_VERSION
+ABI_VERSION = 3  # KBIT_ABI_VERSION
 
 # kbit_status
 OK, ERR_INVALID_ARGUMENT, ERR_NO_DRIVER, ERR_NO_DEVICE, ERR_NO_KERNEL_IMAGE, ERR_CUDA, ERR_INTERNAL = range(7)
@@ -31,6 +31,7 @@ NF4, FP4 = 0, 1
 
 # block sizes (powers of two in [MIN, MAX]) and the quant block of the 8-bit optimizer states
 BLOCKSIZE_8BIT_MIN, BLOCKSIZE_8BIT_MAX = 64, 4096
+BLOCKSIZE_8BIT_MAX_CPU = 16384  # the CPU library's _map functions
 BLOCKSIZE_4BIT_MIN, BLOCKSIZE_4BIT_MAX = 32, 4096
 OPTIM_BLOCKSIZE = 256
 
@@ -75,6 +76,10 @@ PROTOTYPES: dict[str, tuple[type, tuple]] = {
                                                       _vp, _i32)),
     "kbit_managed_alloc": (_c_int, (ctypes.POINTER(_vp), _i64)),
     "kbit_managed_free": (_c_int, (_vp,)),
+    "kbit_quantize_blockwise_8bit_map": (_c_int, (_i32, _vp, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
+    "kbit_dequantize_blockwise_8bit_map": (_c_int, (_i32, _vp, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
+    "kbit_int8_vectorwise_quant": (_c_int, (_i32, _vp, _vp, ctypes.c_float, _vp, _vp, _i64, _i64, _vp, _i32)),
+    "kbit_int8_mm_dequant": (_c_int, (_i32, _vp, _vp, _vp, _vp, _vp, _i64, _i64, _vp, _i32)),
 }
 
 STATUS_ERRORS = {

@@ -12,8 +12,9 @@ import torch
 
 from kbit import _abi, _errors
 
-__all__ = ["DTYPE_IDS", "BLOCKSIZES_8BIT", "BLOCKSIZES_4BIT", "QUANT_TYPES", "STORAGE_DTYPES", "check_tensor",
-           "memory_span", "check_no_overlap", "check_float_dtype", "check_blocksize_8bit", "check_quant_type",
+__all__ = ["DTYPE_IDS", "BLOCKSIZES_8BIT", "BLOCKSIZES_8BIT_CPU", "BLOCKSIZES_4BIT", "QUANT_TYPES", "STORAGE_DTYPES", "check_tensor",
+           "memory_span", "check_no_overlap", "check_float_dtype", "check_blocksize_8bit",
+           "check_blocksize_8bit_any", "check_quant_type",
            "check_blocksize_4bit", "packed_bytes"]
 
 DTYPE_IDS = {torch.float32: _abi.F32, torch.float16: _abi.F16, torch.bfloat16: _abi.BF16}
@@ -25,6 +26,7 @@ def _powers_of_two(low: int, high: int) -> tuple[int, ...]:
 
 
 BLOCKSIZES_8BIT = _powers_of_two(_abi.BLOCKSIZE_8BIT_MIN, _abi.BLOCKSIZE_8BIT_MAX)  # 64 .. 4096
+BLOCKSIZES_8BIT_CPU = _powers_of_two(_abi.BLOCKSIZE_8BIT_MIN, _abi.BLOCKSIZE_8BIT_MAX_CPU)  # 64 .. 16384
 BLOCKSIZES_4BIT = _powers_of_two(_abi.BLOCKSIZE_4BIT_MIN, _abi.BLOCKSIZE_4BIT_MAX)  # 32 .. 4096
 # the dtypes a 4-bit packed tensor may be viewed as (bitsandbytes' quant_storage)
 STORAGE_DTYPES = (torch.uint8, torch.int8, torch.float16, torch.bfloat16, torch.float32, torch.int16,
@@ -73,6 +75,14 @@ def check_blocksize_8bit(blocksize: object) -> int:
         raise _errors.KbitValueError(
             f"blocksize={blocksize!r} is not supported for 8-bit blockwise quantization; "
             f"use one of {', '.join(map(str, BLOCKSIZES_8BIT))} (default 4096)")
+    return blocksize
+
+
+def check_blocksize_8bit_any(blocksize: object) -> int:
+    """A blocksize some library accepts for 8-bit blockwise codes (64..16384; the device check comes later)."""
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in BLOCKSIZES_8BIT_CPU:
+        raise _errors.KbitValueError(f"blocksize={blocksize!r} is not an 8-bit blocksize; use one of "
+                                     f"{', '.join(map(str, BLOCKSIZES_8BIT_CPU))} (above 4096 on CPU only)")
     return blocksize
 
 

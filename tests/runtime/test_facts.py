@@ -209,7 +209,7 @@ win = WindowsOnLinux(opener=lambda p: events.append(["open", p]) or ctypes.CDLL(
                      add_dll_directory=lambda d: events.append(["dll_dir", d]) or object())
 with _platform.use(win):
     variants = _facts.gather_variants(_native.bundled_manifests(), _native.expected_library_path)
-    codes, state = F.quantize_blockwise(torch.ones(64), 64)
+    codes, state = F.quantize_blockwise(torch.ones(64), blocksize=64)
 print(json.dumps({"events": events, "files": [str(v.library) for v in variants], "present": [v.present for v in variants]}))
 """
 

@@ -157,7 +157,7 @@ def test_a_cuda_torch_without_a_bundled_variant_of_its_major_gets_a_typed_error(
                                           ("", "BadOverrideError 3"), ("124", "VariantNotBundledError 4")])
 def test_a_bad_override_is_refused_at_the_first_cuda_use_but_cpu_keeps_working(tmp_path, value, error):
     site = package_copy(tmp_path)
-    done = run(site, CUDA_CALL + "import torch; kbit.functional.quantize_blockwise(torch.ones(64), 64); print('cpu ok')",
+    done = run(site, CUDA_CALL + "import torch; kbit.functional.quantize_blockwise(torch.ones(64), blocksize=64); print('cpu ok')",
                {"BNB_CUDA_VERSION": value})
     assert done.stdout.startswith(error) and "bundles: cpu" in done.stdout and done.stdout.endswith("cpu ok\n")
 
@@ -212,7 +212,7 @@ from kbit import functional as F
 # a `pip install -U kbit` in the running notebook replaces the files; the old Python modules stay in memory
 shutil.copy(sys.argv[1], kbit._native.expected_library_path("cpu"))
 try:
-    F.quantize_blockwise(torch.ones(64), 64)
+    F.quantize_blockwise(torch.ones(64), blocksize=64)
 except kbit.AbiMismatchError as e:
     print(type(e).__name__, e.exit_code, e)
 """
@@ -232,7 +232,7 @@ def test_a_library_that_contradicts_its_manifest_is_refused(tmp_path):
     manifest = json.loads((site / "kbit" / "kbit_cpu.build.json").read_text())
     manifest["commit"] = "another-build"
     (site / "kbit" / "kbit_cpu.build.json").write_text(json.dumps(manifest))
-    done = run(site, "import torch, kbit\ntry:\n    kbit.functional.quantize_blockwise(torch.ones(64), 64)\n"
+    done = run(site, "import torch, kbit\ntry:\n    kbit.functional.quantize_blockwise(torch.ones(64), blocksize=64)\n"
                      "except kbit.LibraryLoadError as e:\n    print(e)")
     assert "different builds" in done.stdout and "another-build" in done.stdout and "reinstall" in done.stdout
 
