@@ -168,3 +168,32 @@ def test_merge_and_unload_requantizes_within_the_stated_bound(peft_model, token_
     with torch.no_grad():
         after = merged(token_ids).logits.float()
     assert ((after - before).norm() / before.norm()).item() < 0.25
+
+
+def test_lora_on_linear8bitlt_trains_and_merges_within_half_an_int8_step(bf16_dir, token_ids):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kbit.functional import int8_vectorwise_dequant
+    from kbit.integrations import peft as kpeft
+    from kbit.integrations.transformers import KbitConfig
+    from kbit.nn import Linear8bitLt
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=torch.bfloat16,
+                                                 quantization_config=KbitConfig(load_in_8bit=True))
+    model = get_peft_model(kpeft.prepare_for_kbit_training(model),
+                           kpeft.lora_config(r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0))
+    assert sum(isinstance(m, kpeft.LoraLinear8bitLt) for m in model.modules()) == 7 * 2
+    losses = _train(model, token_ids[:, :16], 10, lr=1e-2)
+    assert losses[-1] < 0.9 * losses[0], losses
+    model.eval()
+    exact = {name.removeprefix("base_model.model."): m._dequantized() + m.get_delta_weight("default")
+             for name, m in model.named_modules() if isinstance(m, kpeft.LoraLinear8bitLt)}
+    merged = model.merge_and_unload()
+    for name, want in exact.items():
+        layer = merged.get_submodule(name)
+        assert isinstance(layer, Linear8bitLt) and layer.weight.dtype == torch.int8
+        err = (int8_vectorwise_dequant(layer.weight, layer.SCB).float() - want).abs()
+        bound = want.abs().amax(1, keepdim=True) / 254 * (1 + 1e-5)
+        assert (err <= bound).all() and err.max() > 0, name

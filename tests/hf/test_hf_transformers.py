@@ -19,6 +19,8 @@ import torch
 REFERENCE_ATOL = 0.03
 BF16_REL = 0.25
 BF16_TOP1 = 0.75
+# load_in_8bit (row-wise int8, half a code step is 1/254 of the row's absmax): measured 0.017 on the same model
+INT8_REL = 0.05
 
 
 def _linear_names(model):
@@ -52,12 +54,15 @@ def test_kbit_config_takes_bitsandbytes_fields_and_refuses_what_kbit_cannot_do(h
     converted = KbitConfig.from_bitsandbytes(BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                                 bnb_4bit_use_double_quant=True).to_dict())
     assert (converted.bnb_4bit_quant_type, converted.bnb_4bit_use_double_quant) == ("nf4", True)
-    with pytest.raises(KbitValueError, match="Linear8bitLt"):
-        KbitConfig(load_in_8bit=True)
-    with pytest.raises(KbitValueError, match="Linear8bitLt"):
-        KbitConfig.from_bitsandbytes(BitsAndBytesConfig(load_in_8bit=True))
-    with pytest.raises(KbitValueError, match="load_in_4bit=True"):
+    eight = KbitConfig.from_bitsandbytes(BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=4.0))
+    assert (eight.load_in_8bit, eight.load_in_4bit, eight.llm_int8_threshold) == (True, False, 4.0)
+    assert eight.to_dict()["bits"] == 8 and KbitConfig.from_dict(eight.to_dict()).load_in_8bit
+    with pytest.raises(KbitValueError, match="exactly one of load_in_4bit=True or load_in_8bit=True"):
         KbitConfig()
+    with pytest.raises(KbitValueError, match="exactly one"):
+        KbitConfig(load_in_4bit=True, load_in_8bit=True)
+    with pytest.raises(KbitValueError, match="llm_int8_threshold"):
+        KbitConfig(load_in_8bit=True, llm_int8_threshold=-1)
     with pytest.raises(KbitValueError, match="bnb_4bit_quant_storage"):
         KbitConfig(load_in_4bit=True, bnb_4bit_quant_storage=torch.bfloat16)
     with pytest.raises(KbitValueError, match="no field bnb_4bit_blocksize"):
@@ -150,6 +155,51 @@ def test_a_bitsandbytes_checkpoint_loads_into_kbit_layers_with_identical_dequant
     with torch.no_grad():
         got, bf16 = ours(token_ids).logits.float(), bf16_model(token_ids).logits.float()
     assert ((got - bf16).norm() / bf16.norm()).item() <= BF16_REL
+
+
+def test_load_in_8bit_gives_linear8bitlt_layers_that_reload_bit_identical(bf16_dir, bf16_model, token_ids,
+                                                                         tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from kbit.functional import int8_vectorwise_quant
+    from kbit.integrations.transformers import KbitConfig
+    from kbit.nn import Linear8bitLt
+
+    model = AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=torch.bfloat16,
+                                                 quantization_config=KbitConfig(load_in_8bit=True)).eval()
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, Linear8bitLt)]
+    assert len(layers) == 7 * 2 and model.is_loaded_in_8bit
+    for name, module in layers:
+        codes, row_stats, _ = int8_vectorwise_quant(bf16_model.get_submodule(name).weight)
+        assert torch.equal(module.weight, codes) and torch.equal(module.SCB, row_stats), name
+    with torch.no_grad():
+        ours, bf16 = model(token_ids).logits.float(), bf16_model(token_ids).logits.float()
+    assert 0 < ((ours - bf16).norm() / bf16.norm()).item() <= INT8_REL
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert again.hf_quantizer.pre_quantized
+    with torch.no_grad():
+        assert torch.equal(again(token_ids).logits.float(), ours)
+
+
+def test_a_bitsandbytes_8bit_checkpoint_loads_into_linear8bitlt_with_its_codes(bf16_dir, load_4bit, tmp_path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from kbit.nn import Linear8bitLt
+
+    bnb = pytest.importorskip("bitsandbytes")
+    theirs = AutoModelForCausalLM.from_pretrained(bf16_dir, dtype=torch.bfloat16, device_map="cpu",
+                                                  quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    theirs.save_pretrained(tmp_path)
+    ours = load_4bit(tmp_path)  # pretrained_config maps bitsandbytes' 8-bit config too
+    compared = 0
+    for name, module in theirs.named_modules():
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            mine = ours.get_submodule(name)
+            assert isinstance(mine, Linear8bitLt) and torch.equal(mine.weight, module.weight.data), name
+            assert torch.equal(mine.SCB, module.weight.SCB), name
+            compared += 1
+    assert compared == 7 * 2
 
 
 def test_loading_a_4bit_checkpoint_that_lacks_quant_state_items_names_the_layer(kbit_dir, load_4bit, tmp_path):

@@ -1,7 +1,7 @@
-"""kbit with PEFT: kbit.nn.Linear4bit as a LoRA target, QLoRA's training preparation, and merging into 4-bit.
+"""kbit with PEFT: kbit.nn.Linear4bit and Linear8bitLt as LoRA targets, QLoRA's training preparation, merging.
 
-This module owns LoraLinear4bit (a LoRA layer over a frozen Linear4bit, following PEFT's conventions for LoRA
-layers), its registration through PEFT's own extension point for custom layers (LoraConfig's
+This module owns LoraLinear4bit and LoraLinear8bitLt (LoRA layers over a frozen kbit layer, following PEFT's
+conventions for LoRA layers), their registration through PEFT's own extension point for custom layers (LoraConfig's
 _register_custom_module, which PEFT's dynamic dispatch consults before its built-in layers), and
 prepare_for_kbit_training. PEFT does not save the registration in adapter_config.json, so a config loaded from
 disk is registered again (`register(LoraConfig.from_pretrained(path))`) before PeftModel.from_pretrained.
@@ -14,7 +14,9 @@ where a = max |W'| over w's block, a~ the absmax the new state stores for that b
 quantization, its 8-bit code with it), h half the widest gap between neighbouring codes of the 4-bit table
 (NF4: 0.15190, between -1 and -0.69619; FP4: 0.16667), and 2**-8 * (a + a~) covers the rounding of W' and of q
 to a 16-bit weight dtype (bf16: 2**-9 relative each).
-Unmerging subtracts dW from the requantized weight and quantizes again: it does not give the original codes back.
+For Linear8bitLt (row-wise int8, s = max |W'| over w's row, stored as SCB): |q - w| <= s / 254 (half a code
+step), plus float32 rounding. Unmerging subtracts dW from the requantized weight and quantizes again: it does not
+give the original codes back.
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ from peft.tuners.tuners_utils import check_adapters_to_merge
 
 from kbit import _errors
 from kbit._maps import get_4bit_type
-from kbit.functional import dequantize_4bit, quantize_4bit
-from kbit.nn import Linear4bit
+from kbit.functional import dequantize_4bit, int8_vectorwise_dequant, int8_vectorwise_quant, quantize_4bit
+from kbit.nn import Linear4bit, Linear8bitLt
 
-__all__ = ["LoraLinear4bit", "register", "lora_config", "prepare_for_kbit_training", "merge_error_bound_h"]
+__all__ = ["LoraLinear4bit", "LoraLinear8bitLt", "register", "lora_config", "prepare_for_kbit_training",
+           "merge_error_bound_h"]
 
 
 def merge_error_bound_h(quant_type: str) -> float:
@@ -39,8 +42,9 @@ def merge_error_bound_h(quant_type: str) -> float:
     return float((table[1:] - table[:-1]).max()) / 2
 
 
-class LoraLinear4bit(torch.nn.Module, LoraLayer):
-    """LoRA over a kbit.nn.Linear4bit: y = base(x) + B(A(dropout(x))) * scaling, the 4-bit weight frozen.
+class _KbitLora(torch.nn.Module, LoraLayer):
+    """LoRA over a frozen kbit layer: y = base(x) + B(A(dropout(x))) * scaling. Subclasses say how the base weight
+    is read as float32 (_dequantized) and stored again (_store).
 
     Plain LoRA only (no DoRA, aLoRA, Arrow or VeLoRA variants, no per-sample adapter_names): anything else is
     refused when the adapter is added. The adapter weights keep their own dtype (float32 by default); the input is
@@ -92,26 +96,25 @@ class LoraLinear4bit(torch.nn.Module, LoraLayer):
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return (self.lora_B[adapter].weight.float() @ self.lora_A[adapter].weight.float()) * self.scaling[adapter]
 
-    def _requantize(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Store float32 `weight` (and `bias`) in the base layer, quantized with the layer's own settings."""
-        base = self.get_base_layer()
-        packed, state = quantize_4bit(weight.to(base.quant_state.dtype), base.blocksize, base.quant_type,
-                                      base.compress_statistics)
-        items = {"weight": packed, **{"weight." + k: v for k, v in state.as_dict(packed=True).items()}}
-        if bias is not None:
-            items["bias"] = bias
-        base.load_state_dict(items, strict=False)
+    def _dequantized(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _store(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def _adjusted(self, adapter: str, sign: float, safe_merge: bool) -> None:
         base = self.get_base_layer()
-        weight = dequantize_4bit(base.weight, base.quant_state).float() + sign * self.get_delta_weight(adapter)
+        weight = self._dequantized() + sign * self.get_delta_weight(adapter)
         bias = None
         if self.lora_bias.get(adapter) and base.bias is not None:
             bias = (base.bias.detach().float() + sign * self.lora_B[adapter].bias.detach().float()).to(base.bias.dtype)
         if safe_merge and not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
             raise _errors.KbitValueError(f"merging adapter {adapter!r} gives non-finite weights; the adapter is "
                                          f"broken (NaN or inf in lora_A / lora_B)")
-        self._requantize(weight, bias)
+        items = self._store(weight)  # quantized with the base layer's own settings
+        if bias is not None:
+            items["bias"] = bias
+        base.load_state_dict(items, strict=False)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the adapters into the 4-bit weight (dequantize, add, requantize; the bound is the module's)."""
@@ -135,16 +138,52 @@ class LoraLinear4bit(torch.nn.Module, LoraLayer):
         return "lora." + super().__repr__()
 
 
+class LoraLinear4bit(_KbitLora):
+    """LoRA over a kbit.nn.Linear4bit (the 4-bit weight frozen; merging requantizes it, see the module docstring)."""
+
+    def _dequantized(self) -> torch.Tensor:
+        base = self.get_base_layer()
+        return dequantize_4bit(base.weight, base.quant_state).float()
+
+    def _store(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        base = self.get_base_layer()
+        packed, state = quantize_4bit(weight.to(base.quant_state.dtype), base.blocksize, base.quant_type,
+                                      base.compress_statistics)
+        return {"weight": packed, **{"weight." + k: v for k, v in state.as_dict(packed=True).items()}}
+
+
+class LoraLinear8bitLt(_KbitLora):
+    """LoRA over a kbit.nn.Linear8bitLt holding int8 weights (has_fp16_weights=False, the load_in_8bit form)."""
+
+    def __init__(self, base_layer: torch.nn.Module, adapter_name: str, config: LoraConfig, r: int = 0,
+                 lora_alpha: int = 1, **kwargs) -> None:
+        layer = base_layer.get_base_layer() if hasattr(base_layer, "get_base_layer") else base_layer
+        if layer.has_fp16_weights:
+            raise _errors.KbitValueError("LoRA targets a Linear8bitLt with has_fp16_weights=True, whose float weight "
+                                         "is itself trainable", fix="use int8 weights (has_fp16_weights=False, what "
+                                         "KbitConfig(load_in_8bit=True) builds) or a plain nn.Linear")
+        super().__init__(base_layer, adapter_name, config, r, lora_alpha, **kwargs)
+
+    def _dequantized(self) -> torch.Tensor:
+        base = self.get_base_layer().quantize_()
+        return int8_vectorwise_dequant(base.weight, base.SCB).float()
+
+    def _store(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        codes, row_stats, _ = int8_vectorwise_quant(weight)
+        return {"weight": codes, "SCB": row_stats}
+
+
 def register(config: LoraConfig) -> LoraConfig:
-    """Register LoraLinear4bit for kbit.nn.Linear4bit on `config` (PEFT's custom-module mapping); returns it."""
+    """Register kbit's LoRA layers for kbit.nn.Linear4bit and Linear8bitLt on `config` (PEFT's custom-module
+    mapping, consulted before PEFT's own layers); returns it."""
     if not isinstance(config, LoraConfig):
         raise _errors.KbitValueError(f"register needs a peft.LoraConfig, got {type(config).__name__}")
-    config._register_custom_module({Linear4bit: LoraLinear4bit})
+    config._register_custom_module({Linear4bit: LoraLinear4bit, Linear8bitLt: LoraLinear8bitLt})
     return config
 
 
 def lora_config(**kwargs) -> LoraConfig:
-    """LoraConfig(**kwargs) with kbit's 4-bit layers registered, ready for peft.get_peft_model."""
+    """LoraConfig(**kwargs) with kbit's quantized layers registered, ready for peft.get_peft_model."""
     return register(LoraConfig(**kwargs))
 
 
