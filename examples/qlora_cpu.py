@@ -44,10 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a local bf16/fp16 Llama checkpoint (default: build one)")
     parser.add_argument("--out", type=Path, default=Path("qlora_cpu_out"), help="where the adapter is saved")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in backward (less memory, ~30 %% slower on this small model)")
     args = parser.parse_args()
     begin = time.perf_counter()
 
@@ -57,7 +59,8 @@ def main() -> None:
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16))
     vocab = model.config.vocab_size
-    model = kbit_peft.prepare_for_kbit_training(model)  # freeze, gradient checkpointing
+    # freeze the base model (and, when asked, turn on gradient checkpointing)
+    model = kbit_peft.prepare_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     model = get_peft_model(model, kbit_peft.lora_config(
         r=16, lora_alpha=32, lora_dropout=0.0,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
