@@ -13,6 +13,8 @@ sys.path.insert(0, str(ROOT))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+pytest_plugins = ["hf_fixtures"]  # the transformers/PEFT fixtures of tests/hf/
+
 
 def cmake_binaries() -> list[str]:
     """Every distinct CMake here: Debian's (3.25) and PyPI's (4.x, in the test venv), to test both."""
