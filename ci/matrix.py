@@ -1,18 +1,17 @@
 """matrix.toml: loading, validation and everything derived from it.
 
-This module owns the reading of matrix.toml and the derivations other tools use (CMake arguments, the
-CI job matrix, library names). It does not build anything and does not look for toolkits (see
-ci/build_variant.py). Validation collects every problem of every row before failing, and each problem
+This module owns the reading of matrix.toml and the derivations other tools use (CMake arguments, library
+names). The CI job matrix is ci/runners.py's (this file plus ci/runners.toml). It does not build anything and does
+not look for toolkits (see ci/build_variant.py). Validation collects every problem of every row before failing, and each problem
 names the row, what is wrong and the fix, so that a bad row is refused here and never reaches CMake,
 whose own failure (`nvcc fatal : Unsupported gpu architecture 'compute_70'`) says none of that.
 
 CLI:  python ci/matrix.py check [--matrix PATH]
-      python ci/matrix.py list | cmake-args VARIANT | gha-matrix | coverage-table [--write | --check]
+      python ci/matrix.py list | cmake-args VARIANT | newest-cuda | coverage-table [--write | --check]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -390,22 +389,6 @@ def manifest_problems(variant: Variant, info: dict, *, no_ptx: bool = False) -> 
     return problems
 
 
-def _gha_job(v: Variant, plat: str) -> dict[str, str]:
-    # NVIDIA's Ubuntu 24.04 repository starts at CUDA 12.5: older toolkits come from the 22.04 one, on 22.04 runners
-    old = v.toolkit is not None and cuda_catalog.version_tuple(v.toolkit) < (12, 5)
-    ubuntu = "22.04" if old else "24.04"
-    runner = {"linux-x86_64": f"ubuntu-{ubuntu}", "linux-aarch64": f"ubuntu-{ubuntu}-arm",
-              "win-amd64": "windows-2022"}[plat]
-    return {"variant": v.name, "platform": plat, "runner": runner, "toolkit": v.toolkit or "",
-            "host_compiler": v.host_compiler, "nvidia_repo": "ubuntu" + ubuntu.replace(".", ""),
-            "windows_cuda": f"{v.toolkit}.0" if v.toolkit else ""}
-
-
-def gha_matrix(variants: dict[str, Variant]) -> dict[str, list[dict[str, str]]]:
-    """The GitHub Actions job matrix: one job per (variant, platform), with what each job installs."""
-    return {"include": [_gha_job(v, p) for v in variants.values() for p in v.platforms]}
-
-
 def newest_fetchable_cuda(variants: dict[str, Variant]) -> Variant | None:
     """The CUDA row with the newest toolkit that `nox -s toolkit-<row>` can fetch (versions compared as numbers)."""
     cuda = [v for v in variants.values() if v.backend == "cuda" and v.toolkit_source]
@@ -447,7 +430,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("check", help="validate the matrix")
     sub.add_parser("list", help="one line per variant")
-    sub.add_parser("gha-matrix", help="the CI job matrix as JSON")
     sub.add_parser("newest-cuda", help="the CUDA row with the newest toolkit that has a toolkit_source")
     cov = sub.add_parser("coverage-table", help="the README's GPU-generation coverage table (markdown)")
     cov.add_argument("--write", action="store_true", help="write it into README.md between its markers")
@@ -465,8 +447,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "list":
         for v in variants.values():
             print(f"{v.name:8} {v.backend:4} {v.toolkit or '-':5} sass={list(v.sass)} ptx={v.ptx} {','.join(v.platforms)}")
-    elif args.cmd == "gha-matrix":
-        print(json.dumps(gha_matrix(variants)))
     elif args.cmd == "newest-cuda":
         newest = newest_fetchable_cuda(variants)
         if newest is None:

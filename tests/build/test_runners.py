@@ -1,0 +1,64 @@
+"""ci/runners.toml and the CI job matrix (ci/runners.py, `nox -s ci-matrix`): derived from matrix.toml, refused
+when it does not cover it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ci import matrix, runners
+
+
+def test_one_build_job_per_variant_and_platform():
+    variants = matrix.load()
+    jobs = runners.gha_matrix(variants, runners.load())["build"]["include"]
+    assert [(j["variant"], j["platform"]) for j in jobs] == \
+        [(v.name, p) for p in matrix.PLATFORMS for v in variants.values() if p in v.platforms]
+
+
+def test_packages_are_named_from_the_row():
+    table = runners.load()
+    jobs = {(j["variant"], j["platform"]): j for j in runners.gha_matrix(matrix.load(), table)["build"]["include"]}
+    linux = jobs[("cuda124", "linux-aarch64")]
+    assert linux["cuda_packages"].split() == ["cuda-nvcc-12-4", "cuda-cudart-devel-12-4", "cuda-cccl-12-4"]
+    assert linux["cuda_source"].endswith("/rhel8/sbsa/cuda-rhel8.repo") and linux["container"].endswith("_aarch64")
+    assert jobs[("cuda118", "linux-x86_64")]["host_cxx"] == "/opt/rh/gcc-toolset-11/root/usr/bin/g++"
+    win = jobs[("cuda130", "win-amd64")]
+    assert win["cuda_packages"].split() == ["cuda_nvcc", "cuda_cudart", "cuda_cccl", "cuda_crt", "libnvvm"]
+    assert win["cuda_source"].endswith(f"redistrib_{table.toolkits['13.0']}.json") and win["container"] == ""
+    assert jobs[("cpu", "win-amd64")]["toolkit"] == "" and jobs[("cpu", "win-amd64")]["host_cxx"] == ""
+
+
+def test_one_assemble_and_test_job_per_platform():
+    variants = matrix.load()
+    plats = runners.gha_matrix(variants, runners.load())["platforms"]["include"]
+    assert [p["platform"] for p in plats] == list(matrix.PLATFORMS)
+    win = next(p for p in plats if p["platform"] == "win-amd64")
+    assert win["variants"].split() == [v.name for v in variants.values() if "win-amd64" in v.platforms]
+
+
+def test_a_new_toolkit_without_a_release_is_refused(tmp_path):
+    text = matrix.MATRIX_PATH.read_text().replace('toolkit = "12.8"', 'toolkit = "12.9"').replace(
+        "[variants.cuda128]", "[variants.cuda129]")
+    path = tmp_path / "matrix.toml"
+    path.write_text(text)
+    with pytest.raises(runners.RunnersError) as info:
+        runners.load(variants=matrix.load(path))
+    assert 'no full release for CUDA 12.9 (cuda129); add "12.9" = "12.9.N"' in str(info.value)
+
+
+def test_a_platform_without_a_runner_is_refused(tmp_path):
+    path = tmp_path / "runners.toml"
+    path.write_text(runners.RUNNERS_PATH.read_text().replace('runner = "ubuntu-24.04-arm"\n', ""))
+    with pytest.raises(runners.RunnersError) as info:
+        runners.load(path)
+    assert "[platforms.linux-aarch64] has no runner" in str(info.value)
+
+
+def test_cli_prints_the_matrix_as_one_json_line():
+    done = subprocess.run([sys.executable, str(runners.RUNNERS_PATH.with_suffix(".py")), "gha-matrix"],
+                          capture_output=True, text=True, check=True)
+    assert len(done.stdout.strip().splitlines()) == 1
+    assert json.loads(done.stdout) == runners.gha_matrix(matrix.load(), runners.load())
