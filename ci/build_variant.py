@@ -158,8 +158,9 @@ class BuildResult:
 
 
 def _compiler_launcher() -> list[str]:
+    # KBIT_COMPILER_LAUNCHER=none: no cache at all (the release pipeline's tag builds: no cache poisoning)
     launcher = os.environ.get("KBIT_COMPILER_LAUNCHER") or shutil.which("sccache") or shutil.which("ccache")
-    if not launcher:
+    if not launcher or launcher == "none":
         return []
     return [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={launcher}" for lang in ("CXX", "CUDA")]
 

@@ -130,15 +130,30 @@ def build_job(runners: Runners, v: matrix.Variant, plat: str) -> dict[str, str]:
             "cache_key": f"{plat}-{v.name}-{runners.toolkits.get(v.toolkit or '', 'cpu')}"}
 
 
+def os_of(plat: str) -> str:
+    """"linux" or "windows": the workflows have one build and one assemble job definition per OS."""
+    return "windows" if plat.startswith("win") else "linux"
+
+
 def gha_matrix(variants: dict[str, matrix.Variant], runners: Runners) -> dict[str, dict[str, list[dict[str, str]]]]:
-    """The job matrix: `build` (one job per platform and variant) and `platforms` (one assemble and one test job
-    per platform, with the variants whose artifacts it assembles)."""
-    builds = [build_job(runners, v, p) for p in matrix.PLATFORMS for v in variants.values() if p in v.platforms]
-    plats = [{"platform": p, "runner": runners.platforms[p]["runner"],
-              "container": runners.platforms[p].get("container", ""),
-              "variants": " ".join(v.name for v in variants.values() if p in v.platforms)}
-             for p in matrix.PLATFORMS]
-    return {"build": {"include": builds}, "platforms": {"include": plats}}
+    """The job matrix, one `include` list per job definition of .github/workflows/release.yml: build_linux and
+    build_windows (one job per platform and variant), assemble_linux and assemble_windows (one per platform, with the
+    variants whose artifacts it assembles) and test (one per platform)."""
+    out: dict[str, dict[str, list[dict[str, str]]]] = {}
+    for os_name in ("linux", "windows"):
+        plats = [p for p in matrix.PLATFORMS if os_of(p) == os_name]
+        out[f"build_{os_name}"] = {"include": [build_job(runners, v, p) for p in plats for v in variants.values()
+                                               if p in v.platforms]}
+        out[f"assemble_{os_name}"] = {"include": [platform_job(runners, variants, p) for p in plats]}
+    out["test"] = {"include": [platform_job(runners, variants, p) for p in matrix.PLATFORMS]}
+    return out
+
+
+def platform_job(runners: Runners, variants: dict[str, matrix.Variant], plat: str) -> dict[str, str]:
+    """One assemble or test job: the platform, its runner and container, and the variants its wheel holds."""
+    where = runners.platforms[plat]
+    return {"platform": plat, "runner": where["runner"], "container": where.get("container", ""),
+            "variants": " ".join(v.name for v in variants.values() if plat in v.platforms)}
 
 
 def main(argv: list[str] | None = None) -> int:

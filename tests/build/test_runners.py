@@ -13,14 +13,18 @@ from ci import matrix, runners
 
 def test_one_build_job_per_variant_and_platform():
     variants = matrix.load()
-    jobs = runners.gha_matrix(variants, runners.load())["build"]["include"]
-    assert [(j["variant"], j["platform"]) for j in jobs] == \
+    jobs = runners.gha_matrix(variants, runners.load())
+    builds = jobs["build_linux"]["include"] + jobs["build_windows"]["include"]
+    assert [(j["variant"], j["platform"]) for j in builds] == \
         [(v.name, p) for p in matrix.PLATFORMS for v in variants.values() if p in v.platforms]
+    assert {j["platform"] for j in jobs["build_windows"]["include"]} == {"win-amd64"}
+    assert all(j["container"] for j in jobs["build_linux"]["include"])
 
 
 def test_packages_are_named_from_the_row():
     table = runners.load()
-    jobs = {(j["variant"], j["platform"]): j for j in runners.gha_matrix(matrix.load(), table)["build"]["include"]}
+    computed = runners.gha_matrix(matrix.load(), table)
+    jobs = {(j["variant"], j["platform"]): j for j in computed["build_linux"]["include"] + computed["build_windows"]["include"]}
     linux = jobs[("cuda124", "linux-aarch64")]
     assert linux["cuda_packages"].split() == ["cuda-nvcc-12-4", "cuda-cudart-devel-12-4", "cuda-cccl-12-4"]
     assert linux["cuda_source"].endswith("/rhel8/sbsa/cuda-rhel8.repo") and linux["container"].endswith("_aarch64")
@@ -33,8 +37,10 @@ def test_packages_are_named_from_the_row():
 
 def test_one_assemble_and_test_job_per_platform():
     variants = matrix.load()
-    plats = runners.gha_matrix(variants, runners.load())["platforms"]["include"]
+    computed = runners.gha_matrix(variants, runners.load())
+    plats = computed["test"]["include"]
     assert [p["platform"] for p in plats] == list(matrix.PLATFORMS)
+    assert computed["assemble_linux"]["include"] + computed["assemble_windows"]["include"] == plats
     win = next(p for p in plats if p["platform"] == "win-amd64")
     assert win["variants"].split() == [v.name for v in variants.values() if "win-amd64" in v.platforms]
 
