@@ -12,6 +12,8 @@
 - lint: ruff over the Python code (configuration: pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
 - smoke-old-glibc: load and use every library of a wheel or folder in a Debian bullseye root (glibc 2.31).
 - smoke-windows: the CPU DLL cross-built with mingw-w64, its imports/exports checked, run under wine64 (ci/smoke_windows.py).
+- smoke-aarch64: the CPU and cuda130 libraries cross-built for aarch64, run under qemu-user in an arm64 root
+  (ci/smoke_aarch64.py).
 - bench: CPU figures of kbit's kernels vs copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py);
   `nox -s bench -- --device cuda` times the CUDA kernels on this machine's GPU (built for it by ci/gpu_check.py).
 - tests-cuda: on a GPU machine, ci/gpu_check.py in the current environment (build, install, cuda tests, GPU bench).
@@ -157,6 +159,13 @@ def smoke_windows(session: nox.Session) -> None:
     """Cross-build the CPU DLL with mingw-w64, check its imports/exports, run the C ABI probe under wine64."""
     session.install("cmake>=3.25", "ninja")
     session.run("python", str(ROOT / "ci" / "smoke_windows.py"))
+
+
+@nox.session(name="smoke-aarch64", default=False)
+def smoke_aarch64(session: nox.Session) -> None:
+    """Cross-build the aarch64 CPU and newest CUDA library, check its archs, run the C ABI probe under qemu-user."""
+    session.install("cmake>=3.25", "ninja", "nvidia-cuda-cuobjdump")
+    session.run("python", str(ROOT / "ci" / "smoke_aarch64.py"))
 
 
 # Extra pip requirements for the bench venv, e.g. KBIT_BENCH_EXTRA="bitsandbytes==0.50.2" to print its figures too.

@@ -224,7 +224,7 @@ def build(name: str, *, matrix_path: Path = matrix.MATRIX_PATH, archs: tuple[int
     variants = matrix.load(matrix_path)  # raises MatrixError before anything else runs
     if name not in variants:
         raise BuildError(f"no variant {name!r} in {matrix_path}; it has: {', '.join(variants)}")
-    variant, plat = variants[name], current_platform()
+    variant, plat = variants[name].on(current_platform()), current_platform()  # the platform's SASS list
     if plat not in variant.platforms:
         raise BuildError(f"{name} is not built for {plat} (matrix.toml platforms: {', '.join(variant.platforms)})")
     sass = _select_sass(variant, archs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ COMPRESSION = {"all": "-Xfatbin=-compress-all", "size": "--compress-mode=size"}
 
 _COMMON_KEYS = {"backend", "reason", "platforms", "host_compiler"}
 _CUDA_KEYS = {"toolkit", "sass", "ptx", "compression", "min_driver"}
-_OPTIONAL_KEYS = {"toolkit_source"}
+_OPTIONAL_KEYS = {"toolkit_source", "platform_sass"}
 _PLATFORM_KEYS = {"glibc_floor", "wheel_budget_mib"}
 _NAME = re.compile(r"^(cpu|cuda\d{3,4})$")
 _TOOLKIT = re.compile(r"^\d{2}\.\d{1,2}$")
@@ -93,6 +93,13 @@ class Variant:
     compression: str | None = None
     min_driver: str | None = None
     toolkit_source: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    platform_sass: dict[str, tuple[int, ...]] = field(default_factory=dict, hash=False, compare=False)
+
+    def on(self, platform: str) -> Variant:
+        """This row as built for `platform`: its SASS list plus the archs platform_sass adds there (e.g. Jetson's
+        sm_87 and Thor's sm_110 on linux-aarch64). Builds, manifests and gates of a platform use this list."""
+        extra = self.platform_sass.get(platform, ())
+        return replace(self, sass=tuple(sorted(self.sass + extra)), platform_sass={}) if extra else self
 
     @property
     def library_stem(self) -> str:
@@ -209,6 +216,36 @@ def _check_archs(name: str, row: dict) -> list[Problem]:
     return problems
 
 
+def _check_platform_sass(name: str, row: dict) -> list[Problem]:
+    """platform_sass = { <platform> = [archs] }: archs a platform adds to the row's list (the toolkit must support
+    them, the row must build for that platform, and the PTX arch stays the newest)."""
+    extra = row.get("platform_sass")
+    if extra is None:
+        return []
+    if not isinstance(extra, dict) or not all(isinstance(v, list) and v and all(type(a) is int for a in v)
+                                              for v in extra.values()):
+        return [Problem(name, f"platform_sass is {extra!r}", 'write platform_sass = { linux-aarch64 = [87, 110] }')]
+    problems = []
+    entry = cuda_catalog.toolkit_archs(row.get("toolkit")) if isinstance(row.get("toolkit"), str) else None
+    for plat, archs in extra.items():
+        if plat not in (row.get("platforms") or []):
+            problems.append(Problem(name, f"platform_sass names {plat}, which the row does not build for",
+                                    f"add {plat} to platforms or drop it from platform_sass"))
+        again = [a for a in archs if a in (row.get("sass") or [])]
+        if again or archs != sorted(set(archs)):
+            problems.append(Problem(name, f"platform_sass.{plat} {archs} repeats the row's archs or is not ascending",
+                                    "list only the archs this platform adds, ascending"))
+        bad = [a for a in archs if entry is not None and a not in entry.sass]
+        if bad:
+            problems.append(Problem(name, f"CUDA {row.get('toolkit')} cannot compile for "
+                                    f"{', '.join(f'sm_{a}' for a in bad)} (platform_sass.{plat})",
+                                    f"remove them; it supports {' '.join(map(str, entry.sass))}"))
+        if type(row.get("ptx")) is int and max(archs) > row["ptx"]:
+            problems.append(Problem(name, f"platform_sass.{plat} adds sm_{max(archs)}, newer than the PTX arch "
+                                    f"{row['ptx']}", "PTX stays the newest arch: add it to sass and raise ptx"))
+    return problems
+
+
 def _check_cuda_misc(name: str, row: dict) -> list[Problem]:
     problems = []
     comp, toolkit = row.get("compression"), row.get("toolkit")
@@ -250,6 +287,7 @@ def validate_row(name: str, row: Any) -> list[Problem]:
     problems += _check_common(name, row)
     if row["backend"] == "cuda":
         problems += _check_toolkit(name, row) + _check_archs(name, row) + _check_cuda_misc(name, row)
+        problems += _check_platform_sass(name, row)
     return problems
 
 
@@ -332,7 +370,8 @@ def _variant(name: str, row: dict) -> Variant:
     return Variant(name=name, backend=row["backend"], reason=row["reason"], platforms=tuple(row["platforms"]),
                    host_compiler=row["host_compiler"], toolkit=row.get("toolkit"), sass=tuple(row.get("sass", ())),
                    ptx=row.get("ptx"), compression=row.get("compression"), min_driver=row.get("min_driver"),
-                   toolkit_source=row.get("toolkit_source", {}))
+                   toolkit_source=row.get("toolkit_source", {}),
+                   platform_sass={p: tuple(a) for p, a in row.get("platform_sass", {}).items()})
 
 
 def load(path: Path = MATRIX_PATH) -> dict[str, Variant]:

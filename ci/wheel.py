@@ -461,7 +461,7 @@ def check_staged(staging: Path, chosen: list[matrix.Variant], plat: str, log) ->
     commit, failures, rows = current_commit(), [], []
     tool = find_cuobjdump() if any(v.backend == "cuda" for v in chosen) else None
     native = plat == build_variant.current_platform()
-    for v in chosen:
+    for v in (v.on(plat) for v in chosen):  # the row as built for plat (matrix.toml platform_sass)
         library = staging / matrix.library_filename(v.name, plat)
         if not library.is_file():
             failures.append(f"{library} is missing. fix: build it (nox -s build-{v.name}) or copy it into {staging}")
