@@ -37,7 +37,7 @@ PLATFORMS = ("linux-x86_64", "linux-aarch64", "win-amd64")
 COMPRESSION = {"all": "-Xfatbin=-compress-all", "size": "--compress-mode=size"}
 
 _COMMON_KEYS = {"backend", "reason", "platforms", "host_compiler"}
-_CUDA_KEYS = {"toolkit", "sass", "ptx", "compression", "min_driver"}
+_CUDA_KEYS = {"toolkit", "release", "sass", "ptx", "compression", "min_driver"}
 _OPTIONAL_KEYS = {"toolkit_source", "platform_sass"}
 _PLATFORM_KEYS = {"glibc_floor", "wheel_budget_mib"}
 _NAME = re.compile(r"^(cpu|cuda\d{3,4})$")
@@ -88,6 +88,7 @@ class Variant:
     platforms: tuple[str, ...]
     host_compiler: str
     toolkit: str | None = None
+    release: str | None = None
     sass: tuple[int, ...] = ()
     ptx: int | None = None
     compression: str | None = None
@@ -180,6 +181,11 @@ def _check_toolkit(name: str, row: dict) -> list[Problem]:
         problems.append(Problem(name, f"row name does not match toolkit {toolkit}",
                                 f"rename the row to [variants.{variant_name_for_toolkit(toolkit)}] "
                                 f"or fix the toolkit"))
+    release = row.get("release")
+    if not isinstance(release, str) or not re.fullmatch(re.escape(toolkit) + r"\.\d+", release):
+        problems.append(Problem(name, f"release is {release!r}, not a full release of CUDA {toolkit}",
+                                f'write NVIDIA\'s full release, e.g. release = "{toolkit}.0" (the X.Y.Z of its '
+                                f"redistrib_X.Y.Z.json)"))
     if cuda_catalog.toolkit_archs(toolkit) is None:
         problems.append(Problem(name, f"toolkit {toolkit} is not in ci/cuda_catalog.py",
                                 f"add it there with the output of its `nvcc --list-gpu-code` "
@@ -368,7 +374,8 @@ def parse(text: str, path: Path = MATRIX_PATH) -> dict[str, Variant]:
 
 def _variant(name: str, row: dict) -> Variant:
     return Variant(name=name, backend=row["backend"], reason=row["reason"], platforms=tuple(row["platforms"]),
-                   host_compiler=row["host_compiler"], toolkit=row.get("toolkit"), sass=tuple(row.get("sass", ())),
+                   host_compiler=row["host_compiler"], toolkit=row.get("toolkit"), release=row.get("release"),
+                   sass=tuple(row.get("sass", ())),
                    ptx=row.get("ptx"), compression=row.get("compression"), min_driver=row.get("min_driver"),
                    toolkit_source=row.get("toolkit_source", {}),
                    platform_sass={p: tuple(a) for p, a in row.get("platform_sass", {}).items()})

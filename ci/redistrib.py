@@ -1,7 +1,7 @@
 """A Windows CUDA toolkit from NVIDIA's redistributable archives, for the release pipeline's Windows build jobs.
 
-This module owns one job: read NVIDIA's `redistrib_<release>.json` manifest (the release and URL come from
-ci/runners.toml, the toolkit from the matrix.toml row), pick the archives of the components ci/runners.toml names
+This module owns one job: read NVIDIA's `redistrib_<release>.json` manifest (the release comes from the matrix.toml
+row, the URL from ci/runners.toml), pick the archives of the components ci/runners.toml names
 (cuda_nvcc, cuda_cudart, cuda_cccl; on 13.x also cuda_crt and libnvvm), download each, refuse any whose sha256 is
 not the manifest's, and merge them into one CUDA_PATH. No Visual Studio integration is installed: the build uses
 Ninja, which needs none. It is platform-neutral (standard library only, no fcntl), so its tests run here.
@@ -104,7 +104,7 @@ def install(variant: str, dest: Path, *, fetch: Fetch = fetch_url, log=print,
         raise RedistribError(f"{variant!r} is not a CUDA row of {matrix_path}. fix: use one of "
                              f"{', '.join(v.name for v in variants.values() if v.backend == 'cuda')}")
     table, toolkit = runners.load(runners_path, variants), variants[variant].toolkit
-    release = table.toolkits[toolkit]
+    release = variants[variant].release
     url = table.install["redistrib"]["source"].format(release=release)
     manifest = json.loads(fetch(url))
     archives = pick(manifest, table.packages("redistrib", toolkit), url)

@@ -1,7 +1,7 @@
 """ci/runners.toml and the CI job matrix derived from it and matrix.toml (`nox -s ci-matrix`).
 
 This module owns the release pipeline's runner and toolkit-install rules: reading and validating ci/runners.toml
-(against matrix.toml: every platform has a runner, every toolkit a full release, every rule its packages), and
+(against matrix.toml: every platform has a runner and an install rule, every rule a name for every component), and
 deriving from both the job matrix the workflows consume. It owns no CUDA version, arch or platform list (matrix.toml
 does) and runs nothing. The workflows take the JSON this prints as it is: `fromJSON` of the ci-matrix job's output.
 
@@ -46,7 +46,6 @@ class Runners:
     platforms: dict[str, dict]
     install: dict[str, dict]
     components: dict[str, tuple[str, ...]]
-    toolkits: dict[str, str]
 
     def components_of(self, toolkit: str) -> tuple[str, ...]:
         """The CUDA components a build with `toolkit` installs: every build's, plus those its major adds."""
@@ -83,11 +82,6 @@ def _problems(doc: dict, variants: dict[str, matrix.Variant]) -> list[str]:
         named = {c for group in comps.values() if isinstance(group, list) for c in group}
         problems += [f"[install.{rule}] packages has no name for component {c!r}; add {c} = \"...\""
                      for c in sorted(named - table["packages"].keys())]
-    toolkits = doc.get("toolkits", {})
-    for v in variants.values():
-        if v.backend == "cuda" and not str(toolkits.get(v.toolkit, "")).startswith(f"{v.toolkit}."):
-            problems.append(f"[toolkits] has no full release for CUDA {v.toolkit} ({v.name}); add "
-                            f"\"{v.toolkit}\" = \"{v.toolkit}.N\", the N of NVIDIA's redistrib_{v.toolkit}.N.json")
     return problems
 
 
@@ -99,7 +93,7 @@ def load(path: Path = RUNNERS_PATH, variants: dict[str, matrix.Variant] | None =
     if problems:
         raise RunnersError(Path(path), problems)
     comps = {k: tuple(v) for k, v in doc["components"].items()}
-    return Runners(doc["platforms"], doc["install"], comps, dict(doc["toolkits"]))
+    return Runners(doc["platforms"], doc["install"], comps)
 
 
 def _host(runners: Runners, v: matrix.Variant, plat: str) -> dict[str, str]:
@@ -116,7 +110,7 @@ def _cuda(runners: Runners, v: matrix.Variant, plat: str) -> dict[str, str]:
     if v.backend != "cuda":
         return {"toolkit": "", "toolkit_release": "", "cuda_source": "", "cuda_packages": ""}
     name = runners.platforms[plat]["install"]
-    rule, release = runners.install[name], runners.toolkits[v.toolkit]
+    rule, release = runners.install[name], v.release
     source = rule["source"].format(release=release, repo_arch=rule.get("repo_arch", {}).get(plat, ""))
     return {"toolkit": v.toolkit, "toolkit_release": release, "cuda_source": source,
             "cuda_packages": " ".join(runners.packages(name, v.toolkit))}
@@ -127,7 +121,7 @@ def build_job(runners: Runners, v: matrix.Variant, plat: str) -> dict[str, str]:
     where = runners.platforms[plat]
     return {"variant": v.name, "platform": plat, "runner": where["runner"], "container": where.get("container", ""),
             **_cuda(runners, v, plat), **_host(runners, v, plat),
-            "cache_key": f"{plat}-{v.name}-{runners.toolkits.get(v.toolkit or '', 'cpu')}"}
+            "cache_key": f"{plat}-{v.name}-{v.release or 'cpu'}"}
 
 
 def os_of(plat: str) -> str:

@@ -174,7 +174,7 @@ def smoke(log=print) -> list[str]:
 def main() -> int:
     try:
         failures = smoke()
-    except (SmokeError, build_variant.BuildError, subprocess.SubprocessError) as exc:
+    except (SmokeError, build_variant.BuildError, matrix.MatrixError, subprocess.SubprocessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for f in failures:

@@ -72,7 +72,7 @@ def smoke(log=print) -> list[str]:
 def main() -> int:
     try:
         failures = smoke()
-    except (cross_smoke.SmokeError, pe_imports.PEError) as exc:
+    except (cross_smoke.SmokeError, pe_imports.PEError, matrix.MatrixError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for f in failures:

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from ci import redistrib, runners
+from ci import matrix, redistrib, runners
 from ci.toolkits import tree
 
 BASE = "https://developer.download.nvidia.com/compute/cuda/redist"
@@ -47,7 +47,7 @@ def _server(release: str, *, corrupt: str = "", drop: str = ""):
 
 
 def test_installs_the_row_components_with_sha256_checked(tmp_path):
-    release = runners.load().toolkits["13.0"]
+    release = matrix.load()["cuda130"].release
     fetch, fetched = _server(release)
     home = redistrib.install("cuda130", tmp_path / "cuda", fetch=fetch, log=lambda m: None)
     assert (home / "bin" / "nvcc.exe").read_bytes() == b"MZ"
@@ -61,14 +61,14 @@ def test_installs_the_row_components_with_sha256_checked(tmp_path):
 
 
 def test_a_wrong_sha256_installs_nothing(tmp_path):
-    fetch, _ = _server(runners.load().toolkits["13.0"], corrupt="cuda_cudart")
+    fetch, _ = _server(matrix.load()["cuda130"].release, corrupt="cuda_cudart")
     with pytest.raises(redistrib.RedistribError, match="sha256 .* but the manifest says"):
         redistrib.install("cuda130", tmp_path / "cuda", fetch=fetch, log=lambda m: None)
     assert not (tmp_path / "cuda").exists()
 
 
 def test_a_component_missing_from_the_manifest_is_named(tmp_path):
-    fetch, _ = _server(runners.load().toolkits["13.0"], drop="libnvvm")
+    fetch, _ = _server(matrix.load()["cuda130"].release, drop="libnvvm")
     with pytest.raises(redistrib.RedistribError, match="no windows-x86_64 archive for libnvvm"):
         redistrib.install("cuda130", tmp_path / "cuda", fetch=fetch, log=lambda m: None)
 
