@@ -61,3 +61,15 @@ def test_a_file_that_is_not_pe_is_refused(tmp_path):
     path.write_bytes(b"\x7fELF" + b"\0" * 100)
     with pytest.raises(pe_imports.PEError, match="does not start with 'MZ'"):
         pe_imports.read(path)
+
+
+def test_the_windows_wheel_gate_is_this_check(tmp_path):
+    from ci import wheel
+
+    clean = SOURCE.replace("__declspec(dllexport) int helper_leak", "int helper_leak")
+    assert wheel.windows_dll_problems([_dll(tmp_path, "-static", source=clean)]) == []
+    bad = tmp_path / "kbit_cuda130.dll"
+    bad.write_bytes(b"not a dll")
+    assert wheel.windows_dll_problems([bad]) == [
+        "kbit_cuda130.dll: not a readable Windows DLL: "
+        f"{bad} does not start with 'MZ': not a PE image. fix: rebuild it on the Windows runner"]
