@@ -73,3 +73,17 @@ def test_the_windows_wheel_gate_is_this_check(tmp_path):
     assert wheel.windows_dll_problems([bad]) == [
         "kbit_cuda130.dll: not a readable Windows DLL: "
         f"{bad} does not start with 'MZ': not a PE image. fix: rebuild it on the Windows runner"]
+
+
+def test_the_reader_agrees_with_binutils_objdump(tmp_path):
+    import re
+
+    from conftest import require_tool
+
+    objdump = shutil.which("x86_64-w64-mingw32-objdump")
+    require_tool("x86_64-w64-mingw32-objdump (binutils-mingw-w64)", objdump)
+    dll = _dll(tmp_path, "-static")
+    text = subprocess.run([objdump, "-p", dll], capture_output=True, text=True, check=True).stdout
+    info = pe_imports.read(dll)
+    assert list(info.imports) == re.findall(r"DLL Name: (\S+)", text)
+    assert sorted(info.exports) == sorted(re.findall(r"^\s+\[\s*\d+\] (\w+)$", text, re.M))
