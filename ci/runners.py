@@ -24,7 +24,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ci import matrix  # noqa: E402
+from ci import cuda_catalog, matrix  # noqa: E402
 
 RUNNERS_PATH = Path(__file__).resolve().parent / "runners.toml"
 SCHEMA = 1
@@ -97,12 +97,17 @@ def load(path: Path = RUNNERS_PATH, variants: dict[str, matrix.Variant] | None =
 
 
 def _host(runners: Runners, v: matrix.Variant, plat: str) -> dict[str, str]:
-    """Linux: the package and path of the row's host compiler ("g++-12" -> gcc-toolset-12); Windows: MSVC."""
+    """Linux: the package and path of the row's host compiler ("g++-12" -> gcc-toolset-12); Windows: the MSVC
+    toolset, when the row's nvcc refuses the runner's newest."""
     rule = runners.install[runners.platforms[plat]["install"]]
     if "host_package" not in rule:
-        return {"host_package": "", "host_cxx": ""}
+        pin = rule.get("msvc_toolset", {})
+        toolset = pin.get("toolset", "") if v.toolkit and pin and \
+            cuda_catalog.version_tuple(v.toolkit) < cuda_catalog.version_tuple(pin["below"]) else ""
+        return {"host_package": "", "host_cxx": "", "msvc_toolset": toolset}
     major = v.host_compiler.rsplit("-", 1)[-1]
-    return {"host_package": rule["host_package"].format(major=major), "host_cxx": rule["host_cxx"].format(major=major)}
+    return {"host_package": rule["host_package"].format(major=major), "host_cxx": rule["host_cxx"].format(major=major),
+            "msvc_toolset": ""}
 
 
 def _cuda(runners: Runners, v: matrix.Variant, plat: str) -> dict[str, str]:

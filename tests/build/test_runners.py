@@ -33,6 +33,9 @@ def test_packages_are_named_from_the_row():
     assert win["cuda_packages"].split() == ["cuda_nvcc", "cuda_cudart", "cuda_cccl", "cuda_crt", "libnvvm"]
     assert win["cuda_source"].endswith(f"redistrib_{matrix.load()['cuda130'].release}.json") and not win["container"]
     assert jobs[("cpu", "win-amd64")]["toolkit"] == "" and jobs[("cpu", "win-amd64")]["host_cxx"] == ""
+    # nvcc < 12.5 refuses MSVC 19.40+: those rows pin the older toolset, newer ones take the runner's default
+    assert [jobs[(n, "win-amd64")]["msvc_toolset"] for n in ("cpu", "cuda118", "cuda124", "cuda128", "cuda130")] == \
+        ["", "14.29", "14.29", "", ""]
 
 
 def test_one_assemble_and_test_job_per_platform():
