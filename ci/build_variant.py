@@ -4,7 +4,8 @@ This module owns a variant build end to end: validating matrix.toml (before CMak
 the toolkit and the host compiler a CUDA row names and checking that they are what the row says, running
 CMake with the arguments ci/matrix.py derives, and checking what came out (the library's own build info,
 loaded in a fresh process, and on Linux its portability: ci/portability.py against the platform's manylinux
-policy). It does not fetch toolkits (ci/toolkit_fetch.py) or assemble wheels.
+policy). It does not fetch toolkits (ci/toolkit_fetch.py) or assemble wheels. It imports only the platform-neutral
+parts of ci/toolkits/ (nvcc version, markers), so it runs on Windows.
 
 CLI:  python ci/build_variant.py VARIANT [--archs 80,86 [--no-ptx]] [--cmake PATH] [--matrix PATH]
 Output: build/staging/<platform>/kbit/libkbit_<variant>.so (+ kbit_<variant>.build.json);
@@ -28,6 +29,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ci import matrix  # noqa: E402
+from ci.toolkits.errors import ToolkitFetchError  # noqa: E402
+from ci.toolkits.nvcc import nvcc_env, parse_nvcc_release  # noqa: E402
+from ci.toolkits.tree import read_marker  # noqa: E402
 
 ROOT = matrix.ROOT
 BUILD_ROOT = ROOT / "build"
@@ -64,13 +68,11 @@ def toolkit_env_key(toolkit: str) -> str:
 
 def nvcc_release(nvcc: Path) -> str | None:
     """The "major.minor" release an nvcc reports, or None when it does not run."""
-    from ci import toolkit_fetch
-
     try:
         out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=60,
-                             env=toolkit_fetch._nvcc_env()).stdout
-        return toolkit_fetch.parse_nvcc_release(out)[0]
-    except (OSError, subprocess.TimeoutExpired, toolkit_fetch.ToolkitFetchError):
+                             env=nvcc_env()).stdout
+        return parse_nvcc_release(out)[0]
+    except (OSError, subprocess.TimeoutExpired, ToolkitFetchError):
         return None
 
 
@@ -88,9 +90,7 @@ def _candidates(variant: matrix.Variant) -> list[tuple[str, Path]]:
 
 def provisioned_home(dest: Path) -> Path:
     """The CUDA_HOME inside a tree made by ci/toolkit_fetch.py (its marker names it), else dest itself."""
-    from ci import toolkit_fetch
-
-    marker = toolkit_fetch.read_marker(dest) or {}
+    marker = read_marker(dest) or {}
     return dest / str(marker.get("cuda_home", "."))
 
 
@@ -158,8 +158,9 @@ class BuildResult:
 
 
 def _compiler_launcher() -> list[str]:
+    # KBIT_COMPILER_LAUNCHER=none: no cache at all (the release pipeline's tag builds: no cache poisoning)
     launcher = os.environ.get("KBIT_COMPILER_LAUNCHER") or shutil.which("sccache") or shutil.which("ccache")
-    if not launcher:
+    if not launcher or launcher == "none":
         return []
     return [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={launcher}" for lang in ("CXX", "CUDA")]
 
@@ -223,7 +224,7 @@ def build(name: str, *, matrix_path: Path = matrix.MATRIX_PATH, archs: tuple[int
     variants = matrix.load(matrix_path)  # raises MatrixError before anything else runs
     if name not in variants:
         raise BuildError(f"no variant {name!r} in {matrix_path}; it has: {', '.join(variants)}")
-    variant, plat = variants[name], current_platform()
+    variant, plat = variants[name].on(current_platform()), current_platform()  # the platform's SASS list
     if plat not in variant.platforms:
         raise BuildError(f"{name} is not built for {plat} (matrix.toml platforms: {', '.join(variant.platforms)})")
     sass = _select_sass(variant, archs)

@@ -1,21 +1,20 @@
 """matrix.toml: loading, validation and everything derived from it.
 
-This module owns the reading of matrix.toml and the derivations other tools use (CMake arguments, the
-CI job matrix, library names). It does not build anything and does not look for toolkits (see
-ci/build_variant.py). Validation collects every problem of every row before failing, and each problem
+This module owns the reading of matrix.toml and the derivations other tools use (CMake arguments, library
+names). The CI job matrix is ci/runners.py's (this file plus ci/runners.toml). It does not build anything and does
+not look for toolkits (see ci/build_variant.py). Validation collects every problem of every row before failing, and each problem
 names the row, what is wrong and the fix, so that a bad row is refused here and never reaches CMake,
 whose own failure (`nvcc fatal : Unsupported gpu architecture 'compute_70'`) says none of that.
 
 CLI:  python ci/matrix.py check [--matrix PATH]
-      python ci/matrix.py list | cmake-args VARIANT | gha-matrix | coverage-table [--write | --check]
+      python ci/matrix.py list | cmake-args VARIANT | newest-cuda | coverage-table [--write | --check]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,8 @@ PLATFORMS = ("linux-x86_64", "linux-aarch64", "win-amd64")
 COMPRESSION = {"all": "-Xfatbin=-compress-all", "size": "--compress-mode=size"}
 
 _COMMON_KEYS = {"backend", "reason", "platforms", "host_compiler"}
-_CUDA_KEYS = {"toolkit", "sass", "ptx", "compression", "min_driver"}
-_OPTIONAL_KEYS = {"toolkit_source"}
+_CUDA_KEYS = {"toolkit", "release", "sass", "ptx", "compression", "min_driver"}
+_OPTIONAL_KEYS = {"toolkit_source", "platform_sass"}
 _PLATFORM_KEYS = {"glibc_floor", "wheel_budget_mib"}
 _NAME = re.compile(r"^(cpu|cuda\d{3,4})$")
 _TOOLKIT = re.compile(r"^\d{2}\.\d{1,2}$")
@@ -89,11 +88,19 @@ class Variant:
     platforms: tuple[str, ...]
     host_compiler: str
     toolkit: str | None = None
+    release: str | None = None
     sass: tuple[int, ...] = ()
     ptx: int | None = None
     compression: str | None = None
     min_driver: str | None = None
     toolkit_source: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    platform_sass: dict[str, tuple[int, ...]] = field(default_factory=dict, hash=False, compare=False)
+
+    def on(self, platform: str) -> Variant:
+        """This row as built for `platform`: its SASS list plus the archs platform_sass adds there (e.g. Jetson's
+        sm_87 and Thor's sm_110 on linux-aarch64). Builds, manifests and gates of a platform use this list."""
+        extra = self.platform_sass.get(platform, ())
+        return replace(self, sass=tuple(sorted(self.sass + extra)), platform_sass={}) if extra else self
 
     @property
     def library_stem(self) -> str:
@@ -174,6 +181,11 @@ def _check_toolkit(name: str, row: dict) -> list[Problem]:
         problems.append(Problem(name, f"row name does not match toolkit {toolkit}",
                                 f"rename the row to [variants.{variant_name_for_toolkit(toolkit)}] "
                                 f"or fix the toolkit"))
+    release = row.get("release")
+    if not isinstance(release, str) or not re.fullmatch(re.escape(toolkit) + r"\.\d+", release):
+        problems.append(Problem(name, f"release is {release!r}, not a full release of CUDA {toolkit}",
+                                f'write NVIDIA\'s full release, e.g. release = "{toolkit}.0" (the X.Y.Z of its '
+                                f"redistrib_X.Y.Z.json)"))
     if cuda_catalog.toolkit_archs(toolkit) is None:
         problems.append(Problem(name, f"toolkit {toolkit} is not in ci/cuda_catalog.py",
                                 f"add it there with the output of its `nvcc --list-gpu-code` "
@@ -207,6 +219,36 @@ def _check_archs(name: str, row: dict) -> list[Problem]:
         problems.append(Problem(name, f"the PTX arch {ptx} is not the newest arch of the row ({max(sass)})",
                                 f"set ptx = {max(sass)}: PTX is embedded for the newest arch only, "
                                 f"as the forward-compatibility path for GPUs newer than the list"))
+    return problems
+
+
+def _check_platform_sass(name: str, row: dict) -> list[Problem]:
+    """platform_sass = { <platform> = [archs] }: archs a platform adds to the row's list (the toolkit must support
+    them, the row must build for that platform, and the PTX arch stays the newest)."""
+    extra = row.get("platform_sass")
+    if extra is None:
+        return []
+    if not isinstance(extra, dict) or not all(isinstance(v, list) and v and all(type(a) is int for a in v)
+                                              for v in extra.values()):
+        return [Problem(name, f"platform_sass is {extra!r}", 'write platform_sass = { linux-aarch64 = [87, 110] }')]
+    problems = []
+    entry = cuda_catalog.toolkit_archs(row.get("toolkit")) if isinstance(row.get("toolkit"), str) else None
+    for plat, archs in extra.items():
+        if plat not in (row.get("platforms") or []):
+            problems.append(Problem(name, f"platform_sass names {plat}, which the row does not build for",
+                                    f"add {plat} to platforms or drop it from platform_sass"))
+        again = [a for a in archs if a in (row.get("sass") or [])]
+        if again or archs != sorted(set(archs)):
+            problems.append(Problem(name, f"platform_sass.{plat} {archs} repeats the row's archs or is not ascending",
+                                    "list only the archs this platform adds, ascending"))
+        bad = [a for a in archs if entry is not None and a not in entry.sass]
+        if bad:
+            problems.append(Problem(name, f"CUDA {row.get('toolkit')} cannot compile for "
+                                    f"{', '.join(f'sm_{a}' for a in bad)} (platform_sass.{plat})",
+                                    f"remove them; it supports {' '.join(map(str, entry.sass))}"))
+        if type(row.get("ptx")) is int and max(archs) > row["ptx"]:
+            problems.append(Problem(name, f"platform_sass.{plat} adds sm_{max(archs)}, newer than the PTX arch "
+                                    f"{row['ptx']}", "PTX stays the newest arch: add it to sass and raise ptx"))
     return problems
 
 
@@ -251,6 +293,7 @@ def validate_row(name: str, row: Any) -> list[Problem]:
     problems += _check_common(name, row)
     if row["backend"] == "cuda":
         problems += _check_toolkit(name, row) + _check_archs(name, row) + _check_cuda_misc(name, row)
+        problems += _check_platform_sass(name, row)
     return problems
 
 
@@ -331,9 +374,11 @@ def parse(text: str, path: Path = MATRIX_PATH) -> dict[str, Variant]:
 
 def _variant(name: str, row: dict) -> Variant:
     return Variant(name=name, backend=row["backend"], reason=row["reason"], platforms=tuple(row["platforms"]),
-                   host_compiler=row["host_compiler"], toolkit=row.get("toolkit"), sass=tuple(row.get("sass", ())),
+                   host_compiler=row["host_compiler"], toolkit=row.get("toolkit"), release=row.get("release"),
+                   sass=tuple(row.get("sass", ())),
                    ptx=row.get("ptx"), compression=row.get("compression"), min_driver=row.get("min_driver"),
-                   toolkit_source=row.get("toolkit_source", {}))
+                   toolkit_source=row.get("toolkit_source", {}),
+                   platform_sass={p: tuple(a) for p, a in row.get("platform_sass", {}).items()})
 
 
 def load(path: Path = MATRIX_PATH) -> dict[str, Variant]:
@@ -390,22 +435,6 @@ def manifest_problems(variant: Variant, info: dict, *, no_ptx: bool = False) -> 
     return problems
 
 
-def _gha_job(v: Variant, plat: str) -> dict[str, str]:
-    # NVIDIA's Ubuntu 24.04 repository starts at CUDA 12.5: older toolkits come from the 22.04 one, on 22.04 runners
-    old = v.toolkit is not None and cuda_catalog.version_tuple(v.toolkit) < (12, 5)
-    ubuntu = "22.04" if old else "24.04"
-    runner = {"linux-x86_64": f"ubuntu-{ubuntu}", "linux-aarch64": f"ubuntu-{ubuntu}-arm",
-              "win-amd64": "windows-2022"}[plat]
-    return {"variant": v.name, "platform": plat, "runner": runner, "toolkit": v.toolkit or "",
-            "host_compiler": v.host_compiler, "nvidia_repo": "ubuntu" + ubuntu.replace(".", ""),
-            "windows_cuda": f"{v.toolkit}.0" if v.toolkit else ""}
-
-
-def gha_matrix(variants: dict[str, Variant]) -> dict[str, list[dict[str, str]]]:
-    """The GitHub Actions job matrix: one job per (variant, platform), with what each job installs."""
-    return {"include": [_gha_job(v, p) for v in variants.values() for p in v.platforms]}
-
-
 def newest_fetchable_cuda(variants: dict[str, Variant]) -> Variant | None:
     """The CUDA row with the newest toolkit that `nox -s toolkit-<row>` can fetch (versions compared as numbers)."""
     cuda = [v for v in variants.values() if v.backend == "cuda" and v.toolkit_source]
@@ -447,7 +476,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("check", help="validate the matrix")
     sub.add_parser("list", help="one line per variant")
-    sub.add_parser("gha-matrix", help="the CI job matrix as JSON")
     sub.add_parser("newest-cuda", help="the CUDA row with the newest toolkit that has a toolkit_source")
     cov = sub.add_parser("coverage-table", help="the README's GPU-generation coverage table (markdown)")
     cov.add_argument("--write", action="store_true", help="write it into README.md between its markers")
@@ -465,8 +493,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "list":
         for v in variants.values():
             print(f"{v.name:8} {v.backend:4} {v.toolkit or '-':5} sass={list(v.sass)} ptx={v.ptx} {','.join(v.platforms)}")
-    elif args.cmd == "gha-matrix":
-        print(json.dumps(gha_matrix(variants)))
     elif args.cmd == "newest-cuda":
         newest = newest_fetchable_cuda(variants)
         if newest is None:

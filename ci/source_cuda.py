@@ -91,7 +91,8 @@ def custom_row(variants: dict[str, matrix.Variant], toolkit: str, archs: tuple[i
                               f"(set CUDA_HOME to it)")
     row = variants[name]
     table = {"backend": "cuda", "reason": row.reason, "platforms": list(row.platforms),
-             "host_compiler": row.host_compiler, "toolkit": toolkit, "sass": list(archs), "ptx": max(archs),
+             "host_compiler": row.host_compiler, "toolkit": toolkit, "release": row.release, "sass": list(archs),
+             "ptx": max(archs),
              "compression": row.compression, "min_driver": row.min_driver}
     problems = matrix.validate_row(name, table)
     if problems:

@@ -461,7 +461,7 @@ def check_staged(staging: Path, chosen: list[matrix.Variant], plat: str, log) ->
     commit, failures, rows = current_commit(), [], []
     tool = find_cuobjdump() if any(v.backend == "cuda" for v in chosen) else None
     native = plat == build_variant.current_platform()
-    for v in chosen:
+    for v in (v.on(plat) for v in chosen):  # the row as built for plat (matrix.toml platform_sass)
         library = staging / matrix.library_filename(v.name, plat)
         if not library.is_file():
             failures.append(f"{library} is missing. fix: build it (nox -s build-{v.name}) or copy it into {staging}")
@@ -484,7 +484,23 @@ def check_staged(staging: Path, chosen: list[matrix.Variant], plat: str, log) ->
     if plat.startswith("linux"):
         evidence = library_evidence(libraries)
         failures += portability_problems(libraries, plat)
+    elif plat.startswith("win"):
+        failures += windows_dll_problems(libraries)
     return failures, rows, evidence
+
+
+def windows_dll_problems(paths: list[Path]) -> list[str]:
+    """Windows' gate in place of auditwheel's: each DLL imports only Windows system DLLs (no vcruntime140.dll: the
+    CRT is static, /MT; no nvcuda.dll: the static cudart loads the driver at run time) and exports only kbit_*."""
+    from ci import pe_imports
+
+    problems = []
+    for path in paths:
+        try:
+            problems += pe_imports.problems(path)
+        except pe_imports.PEError as exc:
+            problems.append(f"{path.name}: not a readable Windows DLL: {exc}. fix: rebuild it on the Windows runner")
+    return problems
 
 
 def assemble(staging: Path, chosen: list[matrix.Variant], plat: str, *, dist: Path = DIST, work: Path = UNAUDITED,
@@ -508,7 +524,7 @@ def assemble(staging: Path, chosen: list[matrix.Variant], plat: str, *, dist: Pa
     if failures:
         raise GateError(failures + [f"the unaudited wheel is {unaudited} (not in dist/)"])
     final = retag(unaudited, floor_policy(target.glibc_floor, plat), dist, log) if plat.startswith("linux") \
-        else _copy_into(unaudited, dist)  # Windows: no glibc; the release pipeline's delvewheel check applies
+        else _copy_into(unaudited, dist)  # Windows: no glibc; windows_dll_problems was its gate
     failures = size_problems(final, target.wheel_budget_mib)
     if failures:
         final.unlink()

@@ -16,6 +16,7 @@ reason = "a row used by these tests"
 platforms = ["linux-x86_64"]
 host_compiler = "g++-12"
 toolkit = "13.0"
+release = "13.0.2"
 sass = [75, 80, 120]
 ptx = 120
 compression = "size"
@@ -186,16 +187,6 @@ def test_cmake_args_are_derived_from_the_row():
     assert "-DKBIT_CUDA_ARCHS=80-real;80-virtual" in sub
 
 
-def test_ci_job_matrix_has_one_job_per_variant_and_platform():
-    variants = matrix.load()
-    jobs = matrix.gha_matrix(variants)["include"]
-    assert len(jobs) == sum(len(v.platforms) for v in variants.values())
-    assert {(j["variant"], j["platform"]) for j in jobs} == {(v.name, p) for v in variants.values() for p in v.platforms}
-    done = subprocess.run([sys.executable, str(matrix.ROOT / "ci" / "matrix.py"), "gha-matrix"],
-                          capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout)["include"] == jobs
-
-
 def test_catalog_agrees_with_the_real_nvcc():
     """ci/cuda_catalog.py is authored; the toolkit on this machine is the evidence it must match."""
     from conftest import require_tool
@@ -282,3 +273,39 @@ def test_every_build_refuses_a_manifest_that_drifted_or_differs_from_the_library
     manifest.write_text(json.dumps(good))
     with pytest.raises(build_variant.BuildError, match="not what was asked for"):
         build_variant.check_manifest(row, library, good, [80])
+
+
+# ---------------------------------------------------------------- platform_sass (a platform's own SASS list)
+
+AARCH64_ROW = GOOD_CUDA.replace('platforms = ["linux-x86_64"]', 'platforms = ["linux-x86_64", "linux-aarch64"]')
+
+
+def test_platform_sass_adds_archs_on_that_platform_only():
+    v = matrix.parse(CPU + AARCH64_ROW.replace("ptx = 120", "platform_sass = { linux-aarch64 = [87, 110] }\nptx = 120"))[
+        "cuda130"]
+    assert v.on("linux-aarch64").sass == (75, 80, 87, 110, 120) and v.on("linux-x86_64").sass == (75, 80, 120)
+    assert "-DKBIT_CUDA_ARCHS=75-real;80-real;87-real;110-real;120-real;120-virtual" in matrix.cmake_args(
+        v.on("linux-aarch64"))
+
+
+def test_the_real_aarch64_cuda130_list_has_orin_and_thor():
+    v = matrix.load()["cuda130"]
+    assert {87, 110} <= set(v.on("linux-aarch64").sass) and not {87, 110} & set(v.sass)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("{ win-amd64 = [87] }", "platform_sass names win-amd64, which the row does not build for"),
+    ("{ linux-aarch64 = [80, 87] }", "repeats the row's archs"),
+    ("{ linux-aarch64 = [62] }", "CUDA 13.0 cannot compile for sm_62 (platform_sass.linux-aarch64)"),
+    ("{ linux-aarch64 = [121] }", "adds sm_121, newer than the PTX arch 120"),
+    ("[87]", "platform_sass is [87]"),
+])
+def test_a_bad_platform_sass_is_refused(extra, message):
+    problems = _problems(CPU + AARCH64_ROW.replace("ptx = 120", f"platform_sass = {extra}\nptx = 120"))
+    assert any(message in str(p) for p in problems), [str(p) for p in problems]
+
+
+@pytest.mark.parametrize("release", ['"12.4.1"', '"13.0"', "13"])
+def test_a_release_that_is_not_the_toolkits_is_refused(release):
+    problems = _problems(_doc(**{'release__"13.0.2"': f"release = {release}"}))
+    assert any("not a full release of CUDA 13.0" in str(p) for p in problems), [str(p) for p in problems]

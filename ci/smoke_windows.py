@@ -1,0 +1,84 @@
+"""`nox -s smoke-windows`: the Windows CPU library, built and run on this Linux machine.
+
+This module owns the Windows smoke: cross-compile the CPU library with Debian's mingw-w64 (statically: no libgcc,
+libstdc++, libwinpthread or libgomp DLL; CMakeLists.txt's -static for MinGW), check with ci/pe_imports.py that the
+DLL exports only kbit_* and imports only Windows system DLLs, then run the C ABI probe (ci/smoke/abi_smoke.c, a
+static mingw .exe) under wine64 against kbit_cpu.dll loaded by absolute path, and compare its output byte for byte
+with the same probe against the native Linux library. It compiles csrc/cpu/parallel.h's CreateThread branch, which
+no Linux build sees. The MSVC build, the CUDA DLLs and the Python side of Windows are the release pipeline's
+(.github/workflows/release.yml) and the substituted-platform tests' (tests/build/test_ci_on_windows.py).
+
+The wine prefix is kept outside the clone, in ~/.cache/kbit/wine (its first start takes tens of seconds).
+CLI: python ci/smoke_windows.py     exit 0 when every check passed, 1 with the failed checks listed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ci import cross_smoke, matrix, pe_imports  # noqa: E402
+
+MINGW_CC = "x86_64-w64-mingw32-gcc-posix"
+MINGW_CXX = "x86_64-w64-mingw32-g++-posix"
+PREFIX = Path(os.environ.get("KBIT_SMOKE_CACHE", Path.home() / ".cache" / "kbit")) / "wine"
+APT_FIX = "apt-get install g++-mingw-w64-x86-64-posix wine64 (Debian bookworm; .ci/run installs them in CI)"
+
+
+def wine_path(path: Path) -> str:
+    """`/abs/path` as wine's Z: drive sees it: the absolute path the probe passes to LoadLibraryA."""
+    return "Z:" + str(path.resolve()).replace("/", "\\")
+
+
+def run_under_wine(exe: Path, dll: Path, log=print) -> str:
+    """The probe's stdout under wine64, in the cached prefix, with wine's own chatter off."""
+    PREFIX.mkdir(parents=True, exist_ok=True)
+    env = {"WINEPREFIX": str(PREFIX), "WINEDEBUG": "-all", "WINEDLLOVERRIDES": "mscoree,mshtml=", "DISPLAY": ""}
+    return cross_smoke.run(["wine", exe, wine_path(dll)], env=env, timeout=600, log=log,
+                           fix=f"run `WINEPREFIX={PREFIX} wine {exe} {wine_path(dll)}` by hand to see wine's error")
+
+
+def smoke(log=print) -> list[str]:
+    """Every check of the smoke; the failures (an empty list when all passed)."""
+    cross_smoke.require(MINGW_CC, MINGW_CXX, "wine", "cmake", "ninja", "gcc", fix=APT_FIX)
+    start = time.perf_counter()
+    cpu = matrix.load()["cpu"]
+    dll = cross_smoke.cmake_build(cpu, "win-amd64", toolchain=cross_smoke.TOOLCHAINS / "mingw-w64-x86_64.cmake",
+                                  log=log) / matrix.library_filename("cpu", "win-amd64")
+    info = pe_imports.read(dll)
+    log(f"{dll.name}: {dll.stat().st_size:,} bytes; imports {', '.join(info.imports)}; delay-loads "
+        f"{', '.join(info.delay_imports) or 'nothing'}; exports {len(info.exports)} names, all kbit_*: "
+        f"{all(pe_imports.EXPORT_NAME.match(n) for n in info.exports)}")
+    failures = pe_imports.problems(dll)
+    exe = cross_smoke.compile_probe(MINGW_CC, cross_smoke.SMOKE_DIR / "win-amd64" / "abi_smoke.exe", "-static",
+                                    log=log)
+    failures += [f"the probe itself: {p}" for p in pe_imports.problems(exe) if "imports" in p]
+    wine_start = time.perf_counter()
+    out = run_under_wine(exe, dll, log=log)
+    log(f"wine64 run ({time.perf_counter() - wine_start:.1f} s):\n" + out.rstrip())
+    reference = cross_smoke.reference_run(log=log)
+    diff = cross_smoke.compare("win-amd64", reference, cross_smoke.probe_lines(out))
+    failures += [f"the Windows DLL's bytes differ from Linux's: {d}" for d in diff]
+    if not diff:
+        log(f"win-amd64 (mingw-w64, wine64) and linux-x86_64 agree on all {len(reference)} result lines")
+    log(f"smoke-windows: {'ok' if not failures else 'FAILED'} in {time.perf_counter() - start:.1f} s")
+    return failures
+
+
+def main() -> int:
+    try:
+        failures = smoke()
+    except (cross_smoke.SmokeError, pe_imports.PEError, matrix.MatrixError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for f in failures:
+        print(f"FAIL {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
