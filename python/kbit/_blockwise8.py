@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kbit import _checks, _dispatch, _errors, _maps
+from kbit import _checks, _dispatch, _errors, _hugepages, _maps
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +90,7 @@ def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out
     state = check_state(codes, state)
     _dispatch.library_for(codes, "codes")  # an unsupported device is refused before out is looked at
     if out is None:
-        out = torch.empty(torch.Size(state.shape), dtype=state.dtype, device=codes.device)
+        out = _hugepages.empty(torch.Size(state.shape), state.dtype, codes.device)
     elif (_checks.check_tensor("out", out).dtype != state.dtype or out.shape != torch.Size(state.shape)
           or out.device != codes.device or not out.is_contiguous()):
         raise _errors.KbitValueError(

@@ -18,7 +18,7 @@ import torch
 
 from kbit import _quant4
 
-GEMV_MAX_ROWS = 8  # rows up to which gemv_4bit beats dequantized tiles + matmul (ci/bench.py, Linear4bit rows)
+GEMV_MAX_ROWS = 16  # rows up to which gemv_4bit beats dequantized tiles + matmul (ci/bench.py's Linear4bit rows)
 TILE_BYTES = 16 << 20  # a tile of the dequantized weight: few enough torch matmul calls (each costs ~ms of thread start here)
 
 _scratch = threading.local()
