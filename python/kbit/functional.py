@@ -1,14 +1,16 @@
 """kbit.functional: quantization functions on torch tensors (bitsandbytes' formats; see the docstrings).
 
 This module only re-exports: the 8-bit blockwise functions are kbit._blockwise8's, the code maps kbit._maps',
-QuantState kbit._quant_state's and the 4-bit functions kbit._quant4's.
+QuantState kbit._quant_state's, the 4-bit functions kbit._quant4's and linear_4bit (a 4-bit linear layer's
+matmul, choosing its path by batch size) kbit._matmul4's.
 """
 from __future__ import annotations
 
 from kbit._blockwise8 import BlockwiseQuantState, create_dynamic_map, dequantize_blockwise, quantize_blockwise
 from kbit._maps import get_4bit_type
+from kbit._matmul4 import linear_4bit
 from kbit._quant4 import dequantize_4bit, gemv_4bit, quantize_4bit
 from kbit._quant_state import QuantState
 
 __all__ = ["BlockwiseQuantState", "create_dynamic_map", "quantize_blockwise", "dequantize_blockwise", "QuantState",
-           "get_4bit_type", "quantize_4bit", "dequantize_4bit", "gemv_4bit"]
+           "get_4bit_type", "quantize_4bit", "dequantize_4bit", "gemv_4bit", "linear_4bit"]
