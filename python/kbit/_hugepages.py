@@ -1,11 +1,11 @@
 """Transparent huge pages for large fresh CPU outputs (Linux).
 
 This module owns one hint: a user-form call that allocates a large CPU output (dequantize_4bit or
-dequantize_blockwise without out=) asks Linux to back the output's 2 MiB-aligned interior with transparent huge pages (madvise MADV_HUGEPAGE) before
-the kernel writes it. A fresh output's first touch is page faults, one per 4 KiB page, and on machines whose THP
-setting is "madvise" (Debian's default) those faults, not the kernel, set the speed of the call (ci/bench.py's
-"empty + first touch" row); a 2 MiB page is one fault. The hint changes no value: when the kernel refuses it, or
-on another OS, the output is written the same way on ordinary pages.
+dequantize_blockwise without out=) asks Linux to back the output's 2 MiB-aligned interior with transparent huge
+pages (madvise MADV_HUGEPAGE) before the kernel writes it. A fresh output's first touch is page faults, one per
+4 KiB page, and on machines whose THP setting is "madvise" (Debian's default) those faults, not the kernel, set
+the speed of the call (ci/bench.py's "empty + first touch" row); a 2 MiB page is one fault. The hint changes no
+value: when the kernel refuses it, or on another OS, the output is written the same way on ordinary pages.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import math
 import torch
 
 from kbit import _checks, _dispatch, _errors, _hugepages, _maps
-from kbit._blockwise8 import dequantize_blockwise, quantize_blockwise
+from kbit._blockwise8 import quantize_blockwise
 from kbit._quant_state import QuantState, check_quant_state
 
 NESTED_BLOCKSIZE = 256  # bitsandbytes' blocksize for the 8-bit double quantization of absmax
