@@ -3,7 +3,7 @@
 Importing kbit loads no native library and asks no driver anything; the first native call does (see
 kbit._runtime). `python -m kbit` or `kbit.show_config()` shows what kbit sees, chose and why.
 """
-from kbit import _ops, functional, nn, optim  # _ops: the torch.library custom ops (registering loads no library)
+from kbit import _ops, functional, nn, optim  # noqa: F401  (_ops registers the custom ops; loads no native library)
 from kbit._errors import (
     AbiMismatchError,
     ArchNotCoveredError,

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from kbit import _abi, _checks, _dispatch, _errors, _map_builders, _maps
+from kbit import _abi, _checks, _dispatch, _errors, _hugepages, _map_builders, _maps
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,7 +191,7 @@ def dequantize_blockwise(codes: torch.Tensor, state: BlockwiseQuantState, *, out
     _dispatch.library_for(codes, "codes")  # an unsupported device is refused before out is looked at
     shape = torch.Size(state.shape) if state.shape is not None else codes.shape
     if out is None:
-        out = torch.empty(shape, dtype=state.dtype, device=codes.device)
+        out = _hugepages.empty(shape, state.dtype, codes.device)
     elif (_checks.check_tensor("out", out).dtype != state.dtype or out.shape != shape
           or out.device != codes.device or not out.is_contiguous()):
         raise _errors.KbitValueError(

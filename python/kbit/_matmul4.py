@@ -7,7 +7,7 @@ the compute dtype, and runs torch's matmul on each tile, so that no full dense w
 per call and each tile is multiplied while it is still in the cache. A tile's values are exactly those of
 dequantize_4bit(W) rounded to the compute dtype, so the result is torch's F.linear(x, dequantize_4bit(W)) up to
 the summation order of torch's matmul. The functions here take checked tensors; kbit._ops wraps them as custom
-ops and kbit.nn.linear4bit calls those.
+ops; linear_4bit (re-exported by kbit.functional, called by kbit.nn.Linear4bit) is the checked entry point.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from kbit import _quant4
 
-GEMV_MAX_ROWS = 8  # rows up to which gemv_4bit beats dequantized tiles + matmul (ci/bench.py, Linear4bit rows)
+GEMV_MAX_ROWS = 16  # rows up to which gemv_4bit beats dequantized tiles + matmul (ci/bench.py's Linear4bit rows)
 TILE_BYTES = 16 << 20  # a tile of the dequantized weight: few enough torch matmul calls (each costs ~ms of thread start here)
 
 _scratch = threading.local()
@@ -92,3 +92,16 @@ def grad_input(grad: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, i
     for r0, w in _tiles(packed, absmax, out_features, in_features, blocksize, quant_type, grad.dtype):
         out.addmm_(g2[:, r0:r0 + w.shape[0]], w)
     return out.reshape(*grad.shape[:-1], in_features)
+
+
+def linear_4bit(x: torch.Tensor, B_packed: torch.Tensor, quant_state, bias: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """x @ W.T (+ bias) for a 4-bit weight W (out_features, in_features), the fastest way for x's batch: gemv_4bit
+    (its bits) up to GEMV_MAX_ROWS rows, dequantized tiles + torch's matmul above. Gradients flow to x and bias.
+    Under torch.compile / torch.export, or when a gradient is needed, this is the custom op kbit::linear_4bit."""
+    packed, state, bias = _quant4.check_gemv_args(x, B_packed, quant_state, bias)
+    args = (x, packed, *_quant4.absmax_parts(state), bias, state.shape[0], state.blocksize, state.quant_type)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+    if needs_grad or torch.compiler.is_compiling():
+        return torch.ops.kbit.linear_4bit(*args)  # one graph node under torch.compile; autograd in kbit._ops
+    return linear(x, packed, _quant4.resolve_absmax(*args[2:6]), bias, *args[7:])

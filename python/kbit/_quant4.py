@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from kbit import _checks, _dispatch, _errors, _maps
-from kbit._blockwise8 import dequantize_blockwise, quantize_blockwise
+from kbit import _checks, _dispatch, _errors, _hugepages, _maps
+from kbit._blockwise8 import quantize_blockwise
 from kbit._quant_state import QuantState, check_quant_state
 
 NESTED_BLOCKSIZE = 256  # bitsandbytes' blocksize for the 8-bit double quantization of absmax
@@ -135,7 +135,7 @@ def dequantize_4bit(packed: torch.Tensor, quant_state: QuantState, *, out: torch
                                           state.quant_type, state.dtype)
     _dispatch.library_for(src, "packed")  # an unsupported device is refused before out is looked at
     if out is None:
-        out = torch.empty(state.shape, dtype=state.dtype, device=src.device)
+        out = _hugepages.empty(state.shape, state.dtype, src.device)  # the fresh output's page faults set the pace
     elif (_checks.check_tensor("out", out).dtype != state.dtype or out.shape != state.shape or out.device != src.device
           or not out.is_contiguous()):
         raise _errors.KbitValueError(

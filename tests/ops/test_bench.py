@@ -12,7 +12,7 @@ from conftest import ROOT
 def test_bench_reports_every_operation_with_positive_figures():
     out = subprocess.run([sys.executable, str(ROOT / "ci" / "bench.py"), "--size", "256", "--repeats", "2", "--json",
                           "--gemv-shapes", "64x96", "--stack-bytes", "200000"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["header"]["size"] == "256x256" and report["header"]["statistic"] == "median"

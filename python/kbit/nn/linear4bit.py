@@ -1,8 +1,9 @@
 """Linear4bit: a linear layer whose weight is stored 4-bit (NF4 or FP4).
 
 This module owns the layer: quantizing a weight once (at construction, or from an existing nn.Linear), the
-forward pass (kbit._matmul4 chooses gemv_4bit for small batches and dequantized tiles + torch's matmul for larger
-ones; under torch.compile, or when a gradient is needed, through the custom op kbit::linear_4bit), and the
+forward pass (kbit.functional.linear_4bit chooses gemv_4bit for small batches and dequantized tiles + torch's
+matmul for larger ones; under torch.compile, or when a gradient is needed, it is the custom op
+kbit::linear_4bit), and the
 state_dict form. The state_dict uses bitsandbytes' keys ("weight" holds the packed bytes,
 "weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map",
 "weight.quant_state.bitsandbytes__<type>", "bias"), so a layer quantized once is saved and loaded into a fresh
@@ -15,9 +16,8 @@ import math
 
 import torch
 
-from kbit import _checks, _errors, _matmul4
-from kbit._quant4 import absmax_parts, check_gemv_args, resolve_absmax
-from kbit.functional import QuantState, quantize_4bit
+from kbit import _checks, _errors
+from kbit.functional import QuantState, linear_4bit, quantize_4bit
 
 _COMPUTE_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)
 
@@ -100,14 +100,7 @@ class Linear4bit(torch.nn.Module):
                                          f"{self.in_features}; the input's last dimension must be {self.in_features}")
         compute = self.compute_dtype or x.dtype
         bias = None if self.bias is None else self.bias.to(compute)
-        a = x.to(compute)
-        packed, state, bias = check_gemv_args(a, self.weight, self.quant_state, bias)
-        args = (a, packed, *absmax_parts(state), bias, self.out_features, state.blocksize, state.quant_type)
-        needs_grad = torch.is_grad_enabled() and (a.requires_grad or (bias is not None and bias.requires_grad))
-        if needs_grad or torch.compiler.is_compiling():
-            y = torch.ops.kbit.linear_4bit(*args)  # one graph node under torch.compile; autograd in kbit._ops
-        else:
-            y = _matmul4.linear(a, packed, resolve_absmax(*args[2:6]), bias, *args[7:])
+        y = linear_4bit(x.to(compute), self.weight, self.quant_state, bias)
         return y.to(x.dtype)
 
     # ------------------------------------------------------------------------------------ device moves
