@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from kbit.optim._manager import GlobalOptimManager
+from kbit.optim import GlobalOptimManager
 
 __all__ = ["StableEmbedding", "Embedding"]
 

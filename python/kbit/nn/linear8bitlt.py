@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from kbit import _errors, _int8
+from kbit import _errors
+from kbit import functional as _int8  # the public LLM.int8 functions (kbit._int8 re-exported)
 
 __all__ = ["Linear8bitLt"]
 
