@@ -28,8 +28,13 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import check_adapters_to_merge
 
 from kbit import _errors
-from kbit._maps import get_4bit_type
-from kbit.functional import dequantize_4bit, int8_vectorwise_dequant, int8_vectorwise_quant, quantize_4bit
+from kbit.functional import (
+    dequantize_4bit,
+    get_4bit_type,
+    int8_vectorwise_dequant,
+    int8_vectorwise_quant,
+    quantize_4bit,
+)
 from kbit.nn import Linear4bit, Linear8bitLt
 
 __all__ = ["LoraLinear4bit", "LoraLinear8bitLt", "register", "lora_config", "prepare_for_kbit_training",
