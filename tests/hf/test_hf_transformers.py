@@ -215,3 +215,22 @@ def test_loading_a_4bit_checkpoint_that_lacks_quant_state_items_names_the_layer(
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(RuntimeError, match="conversion"):
         load_4bit(tmp_path)
+
+
+def test_dequantize_gives_back_nn_linear_layers_with_the_dequantized_weights(kbit_dir, load_4bit, token_ids):
+    from kbit.functional import dequantize_4bit
+    from kbit.nn import Linear4bit
+
+    model = load_4bit(kbit_dir).eval()
+    weights = {n: dequantize_4bit(m.weight, m.quant_state) for n, m in model.named_modules()
+               if isinstance(m, Linear4bit)}
+    with torch.no_grad():
+        before = model(token_ids).logits.float()
+    model = model.dequantize()
+    assert not any(isinstance(m, Linear4bit) for m in model.modules())
+    for name, weight in weights.items():
+        layer = model.get_submodule(name)
+        assert type(layer) is torch.nn.Linear and torch.equal(layer.weight, weight), name
+    assert getattr(model.config, "quantization_config", None) is None
+    with torch.no_grad():
+        assert (model(token_ids).logits.float() - before).abs().max() <= REFERENCE_ATOL

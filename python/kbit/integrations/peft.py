@@ -28,8 +28,13 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import check_adapters_to_merge
 
 from kbit import _errors
-from kbit._maps import get_4bit_type
-from kbit.functional import dequantize_4bit, int8_vectorwise_dequant, int8_vectorwise_quant, quantize_4bit
+from kbit.functional import (
+    dequantize_4bit,
+    get_4bit_type,
+    int8_vectorwise_dequant,
+    int8_vectorwise_quant,
+    quantize_4bit,
+)
 from kbit.nn import Linear4bit, Linear8bitLt
 
 __all__ = ["LoraLinear4bit", "LoraLinear8bitLt", "register", "lora_config", "prepare_for_kbit_training",
@@ -68,7 +73,7 @@ class _KbitLora(torch.nn.Module, LoraLayer):
                                       ("arrow_config", config.arrow_config is not None),
                                       ("velora_config", getattr(config, "velora_config", None) is not None)) if on]
         if used:
-            raise _errors.KbitValueError(f"kbit's 4-bit LoRA layer supports plain LoRA only; this LoraConfig sets "
+            raise _errors.KbitValueError(f"kbit's LoRA layers support plain LoRA only; this LoraConfig sets "
                                          f"{', '.join(used)}", fix=f"leave {', '.join(used)} unset")
         return None
 
@@ -77,7 +82,7 @@ class _KbitLora(torch.nn.Module, LoraLayer):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if kwargs.pop("adapter_names", None) is not None:
             raise _errors.KbitValueError("adapter_names (a different adapter per sample) is not supported on kbit's "
-                                         "4-bit LoRA layers", fix="set the adapter with model.set_adapter(name)")
+                                         "LoRA layers", fix="set the adapter with model.set_adapter(name)")
         if self.disable_adapters and self.merged:
             self.unmerge()
         result = self.base_layer(x, *args, **kwargs)
@@ -117,7 +122,7 @@ class _KbitLora(torch.nn.Module, LoraLayer):
         base.load_state_dict(items, strict=False)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Add the adapters into the 4-bit weight (dequantize, add, requantize; the bound is the module's)."""
+        """Add the adapters into the quantized weight (dequantize, add, requantize; the bounds are the module's)."""
         for name in check_adapters_to_merge(self, adapter_names):
             if name in self.lora_A:
                 self._adjusted(name, 1.0, safe_merge)
@@ -127,7 +132,7 @@ class _KbitLora(torch.nn.Module, LoraLayer):
         if not self.merged:
             warnings.warn("this kbit LoRA layer has no merged adapter; nothing to unmerge", stacklevel=2)
             return
-        warnings.warn("unmerging from a 4-bit weight requantizes it: the codes differ from those before the merge "
+        warnings.warn("unmerging from a quantized weight requantizes it: the codes differ from those before the merge "
                       "(within the bound of kbit.integrations.peft's docstring)", _errors.KbitWarning, stacklevel=2)
         while self.merged_adapters:
             name = self.merged_adapters.pop()

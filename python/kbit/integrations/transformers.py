@@ -200,14 +200,14 @@ class KbitQuantize(ConversionOps):
 
 
 class _SavedAsIs(ConversionOps):
-    """The reverse of KbitDeserialize for save_pretrained: a Linear4bit's state_dict already is the checkpoint form."""
+    """The reverse of KbitDeserialize for save_pretrained: a kbit layer's state_dict already is the checkpoint form."""
 
     def convert(self, input_dict, **kwargs):
         return input_dict
 
 
 class KbitDeserialize(ConversionOps):
-    """Load a pre-quantized weight (kbit's or bitsandbytes' items) into its Linear4bit, no conversion."""
+    """Load a pre-quantized weight (kbit's or bitsandbytes' items) into its Linear4bit / Linear8bitLt, as saved."""
 
     def __init__(self, hf_quantizer):
         self.hf_quantizer = hf_quantizer
@@ -257,8 +257,8 @@ class KbitHfQuantizer(HfQuantizer):
     def validate_environment(self, *args, **kwargs):
         device_map = kwargs.get("device_map")
         if isinstance(device_map, dict) and "disk" in device_map.values():
-            raise _errors.KbitValueError(f"device_map puts modules on disk ({device_map}); kbit's 4-bit layers are "
-                                         f"served on CPU or CUDA tensors only", fix="use a device_map of 'cpu' and "
+            raise _errors.KbitValueError(f"device_map puts modules on disk ({device_map}); kbit's quantized layers "
+                                         f"are served on CPU or CUDA tensors only", fix="use a device_map of 'cpu' and "
                                          "'cuda:N' entries")
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
