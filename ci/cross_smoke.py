@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ci import matrix
@@ -98,3 +99,16 @@ def compare(platform: str, reference: list[str], lines: list[str]) -> list[str]:
     width = max(len(reference), len(lines))
     pad = [*reference, *[""] * (width - len(reference))], [*lines, *[""] * (width - len(lines))]
     return [f"linux-x86_64: {a!r}  {platform}: {b!r}" for a, b in zip(*pad) if a != b]
+
+
+def main(smoke: Callable[[], list[str]], errors: tuple[type[BaseException], ...]) -> int:
+    """A smoke's command line: 0 when `smoke()` finds no failure; 1 after printing each failure, or the error
+    (one of `errors`, or SmokeError) that stopped it."""
+    try:
+        failures = smoke()
+    except (SmokeError, *errors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for f in failures:
+        print(f"FAIL {f}", file=sys.stderr)
+    return 1 if failures else 0

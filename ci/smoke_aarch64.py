@@ -172,14 +172,7 @@ def smoke(log=print) -> list[str]:
 
 
 def main() -> int:
-    try:
-        failures = smoke()
-    except (SmokeError, build_variant.BuildError, matrix.MatrixError, subprocess.SubprocessError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for f in failures:
-        print(f"FAIL {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return cross_smoke.main(smoke, (build_variant.BuildError, matrix.MatrixError, subprocess.SubprocessError))
 
 
 if __name__ == "__main__":

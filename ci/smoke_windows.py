@@ -70,14 +70,7 @@ def smoke(log=print) -> list[str]:
 
 
 def main() -> int:
-    try:
-        failures = smoke()
-    except (cross_smoke.SmokeError, pe_imports.PEError, matrix.MatrixError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for f in failures:
-        print(f"FAIL {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return cross_smoke.main(smoke, (pe_imports.PEError, matrix.MatrixError))
 
 
 if __name__ == "__main__":
