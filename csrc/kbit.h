@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes; the Python loader refuses any other value. */
-#define KBIT_ABI_VERSION 3
+#define KBIT_ABI_VERSION 4
 
 /* Every constant of this ABI is written here once. kbit._abi (python/kbit/_abi.py) holds the Python copy;
  * tests/runtime/test_abi.py parses this header and fails when the two differ (enums, defines, structs, prototypes). */
@@ -148,8 +148,10 @@ KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8
 /* out[m, j] = sum_k A[m, k] * W[j, k] (+ bias[j]) for A (rows x in_features, dtype, row-major), W
  * (out_features x in_features) quantized as one flat tensor in row-major order
  * (packed, absmax, blocksize, quant_type as above; blocks may span rows), bias (out_features, dtype, or NULL),
- * out (rows x out_features, dtype). Products and sums in float32 in the order documented in blockwise4.h
- * (32 lanes over k, then a pairwise lane tree), so the result does not depend on num_threads. */
+ * out (rows x out_features, dtype). Fused multiply-adds and sums in float32 in the order documented in
+ * blockwise4.h (32 lanes over k, one fused step per term; then a pairwise lane tree), so the result does not
+ * depend on num_threads, the instruction set or the backend. ABI 4: the steps became fused (ABI 3 rounded each
+ * product before adding it). */
 KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, const uint8_t* packed,
                             const float* absmax, const void* bias, void* out, int64_t rows, int64_t out_features,
                             int64_t in_features, int32_t blocksize, void* stream, int32_t num_threads);

@@ -8,6 +8,8 @@
  * 8-float registers, the AVX-512 copy in two 16-float registers and decodes 16 codes per permute (vpermps over
  * the block's 16 values). Every copy performs, per lane, the same float32 multiply and add in the same order
  * (no contraction), and the same lane tree, so all three write identical bits. */
+#include <string.h>
+
 #include <vector>
 
 #include "common/args.h"
@@ -167,10 +169,10 @@ KBIT_TARGET_AVX2 void dot_tile_avx2(const float* a, int64_t K, const float* w, f
     const __m256 w2 = _mm256_loadu_ps(w + k + 16), w3 = _mm256_loadu_ps(w + k + 24);
     for (int m = 0; m < MT; ++m) {
       const float* am = a + m * K + k;
-      acc[m][0] = _mm256_add_ps(acc[m][0], _mm256_mul_ps(_mm256_loadu_ps(am), w0));
-      acc[m][1] = _mm256_add_ps(acc[m][1], _mm256_mul_ps(_mm256_loadu_ps(am + 8), w1));
-      acc[m][2] = _mm256_add_ps(acc[m][2], _mm256_mul_ps(_mm256_loadu_ps(am + 16), w2));
-      acc[m][3] = _mm256_add_ps(acc[m][3], _mm256_mul_ps(_mm256_loadu_ps(am + 24), w3));
+      acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(am), w0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(_mm256_loadu_ps(am + 8), w1, acc[m][1]);
+      acc[m][2] = _mm256_fmadd_ps(_mm256_loadu_ps(am + 16), w2, acc[m][2]);
+      acc[m][3] = _mm256_fmadd_ps(_mm256_loadu_ps(am + 24), w3, acc[m][3]);
     }
   }
   for (int m = 0; m < MT; ++m) {
@@ -196,8 +198,8 @@ KBIT_TARGET_AVX512 void dot_tile_avx512(const float* a, int64_t K, const float* 
     const __m512 w0 = _mm512_loadu_ps(w + k), w1 = _mm512_loadu_ps(w + k + 16);
     for (int m = 0; m < MT; ++m) {
       const float* am = a + m * K + k;
-      acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_mul_ps(_mm512_loadu_ps(am), w0));
-      acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_mul_ps(_mm512_loadu_ps(am + 16), w1));
+      acc[m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(am), w0, acc[m][0]);
+      acc[m][1] = _mm512_fmadd_ps(_mm512_loadu_ps(am + 16), w1, acc[m][1]);
     }
   }
   for (int m = 0; m < MT; ++m) {
@@ -218,85 +220,170 @@ KBIT_TARGET_AVX512 void dots_avx512(const float* a, int64_t M, int64_t K, const 
   if (m < M) dot_tile_avx512<1>(a + m * K, K, w, sums + m);
 }
 
+/* The block's 16 dequantized values (table[c] * absmax, as dequantize_4bit_value; a non-finite absmax gives the
+ * canonical NaN) for the element at flat index f. */
+KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE __m512 block_values_avx512(const GemvProblem& p, __m512 values, int64_t f) {
+  const float* scale = p.absmax + (f >> p.log2_bs);
+  // is_finite_scale (scale <= FLT_MAX) on the bits, in integer registers: not NaN and not +inf
+  uint32_t bits;
+  memcpy(&bits, scale, sizeof bits);
+  const bool finite = (bits & 0x7fffffffu) <= 0x7f800000u && bits != 0x7f800000u;
+  return finite ? _mm512_mul_ps(values, _mm512_set1_ps(*scale)) : _mm512_set1_ps(canonical_nan());
+}
+
+constexpr int64_t kGroupRows = 16;
+
+/* blockwise4.h's lane tree (l + 16 into l, then + 8, + 4, + 2, + 1) on lanes held as even (lanes 0, 2, .., 30) and
+ * odd (1, 3, .., 31) registers: every addition adds the same two lanes as the scalar tree, in vector registers. */
+KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE __m256 upper_half_avx512(__m512 x) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));  // AVX-512F (extractf32x8 is DQ)
+}
+
+KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE float lane_tree_avx512(__m512 even, __m512 odd) {
+  // + 16: lane 2i + 16 is even position i + 8, so the upper half of each register onto its lower half
+  const __m256 e8 = _mm256_add_ps(_mm512_castps512_ps256(even), upper_half_avx512(even));
+  const __m256 o8 = _mm256_add_ps(_mm512_castps512_ps256(odd), upper_half_avx512(odd));
+  // + 8 (lanes 0..7 are positions 0..3 of each), + 4 (positions 0..1), + 2 (position 0)
+  const __m128 e4 = _mm_add_ps(_mm256_castps256_ps128(e8), _mm256_extractf128_ps(e8, 1));
+  const __m128 o4 = _mm_add_ps(_mm256_castps256_ps128(o8), _mm256_extractf128_ps(o8, 1));
+  const __m128 e2 = _mm_add_ps(e4, _mm_movehl_ps(e4, e4)), o2 = _mm_add_ps(o4, _mm_movehl_ps(o4, o4));
+  const __m128 e1 = _mm_add_ss(e2, _mm_shuffle_ps(e2, e2, 1)), o1 = _mm_add_ss(o2, _mm_shuffle_ps(o2, o2, 1));
+  return _mm_cvtss_f32(_mm_add_ss(e1, o1));  // + 1: lane 0 + lane 1
+}
+
 /* The fused AVX-512 tile for K a multiple of 32 (every block segment of a row is then whole chunks of 32): MT rows
- * of A times NR weight rows, decoded in registers, 2 * MT * NR independent sums so that the add latency of one
- * lane's chain is hidden. A chunk's 16 bytes widen to 16 dwords whose low 4 bits are the odd elements' codes and
- * whose bits 4..7 the even elements'; vpermps reads an index's low 4 bits only, so one shift and two permutes
- * look up 32 codes in the block's 16 values (table[c] * absmax, as dequantize_4bit_value). The even elements land
- * in register 0 and the odd ones in register 1, and A is stored in the same order (chunk_order), so each register
- * element holds one lane l of blockwise4.h's order throughout; lanes are put back in order before the tree. */
-template <int MT, int NR>
-KBIT_TARGET_AVX512 void tile_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t j0, float* sums) {
+ * of A times NR weight rows over k in [k0, k1), decoded in registers, 2 * MT * NR independent sums so that the
+ * latency of one lane's chain is hidden. A chunk's 16 bytes widen to 16 dwords whose low 4 bits are the odd
+ * elements' codes and whose bits 4..7 the even elements'; vpermps reads an index's low 4 bits only, so one shift
+ * and two permutes look up 32 codes in the block's 16 values. The even elements land in register 0 and the odd
+ * ones in register 1, and A is stored in the same order (chunk_order), so each register element holds one lane l
+ * of blockwise4.h's order throughout; each step is one vfmadd (gemv_step's fused multiply-add).
+ * The lanes of a tile start at zero (first slice) or from `lanes` ([MT][NR][32], register order), and are stored
+ * there again unless this is the last slice; then they are put back in order and summed by the lane tree into
+ * sums[m * NR + r]. Aligned: every row starts on a block boundary (K % blocksize == 0), so the block values are
+ * computed once per block segment instead of once per chunk. */
+template <int MT, int NR, bool Aligned>
+KBIT_TARGET_AVX512 void tile_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t j0, int64_t k0, int64_t k1,
+                                            bool first, bool last, float* lanes, float* sums) {
   const int64_t K = p.K;
-  const int32_t log2_bs = p.log2_bs;
-  const __m512 values = _mm512_loadu_ps(p.table), nan = _mm512_set1_ps(canonical_nan());
-  const float* a = p.a + m0 * K;
+  const __m512 values = _mm512_loadu_ps(p.table);
+  // the same bytes of the row kGroupRows rows on, fetched into L2 while this group is computed: the next group's
+  // tiles then start on cached rows instead of waiting for memory at every row (and, sliced, at every slice)
+  const int64_t ahead = kGroupRows * (K / 2);
+  const int64_t a_step = p.M * kGemvLanes;  // A's chunks are [chunk][row][32] (prepare_a)
+  const float* a = p.a + ((k0 / kGemvLanes) * p.M + m0) * kGemvLanes;
+  const uint8_t* rows[NR];
+  for (int r = 0; r < NR; ++r) rows[r] = p.packed + (((j0 + r) * K) >> 1);
   __m512 acc[MT][NR][2];
   for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < NR; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += kGemvLanes) {
-    __m512 w[NR][2];
-    for (int r = 0; r < NR; ++r) {
-      const int64_t f = (j0 + r) * K + k;  // flat index of the chunk's first element (a multiple of 32)
-      const float scale = p.absmax[f >> log2_bs];
-      const __m512 v = is_finite_scale(scale) ? _mm512_mul_ps(values, _mm512_set1_ps(scale)) : nan;
-      const __m512i odd = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p.packed + (f >> 1))));
-      w[r][0] = _mm512_mask_permutexvar_ps(v, 0xffff, _mm512_srli_epi32(odd, 4), v);
-      w[r][1] = _mm512_mask_permutexvar_ps(v, 0xffff, odd, v);
-    }
-    for (int m = 0; m < MT; ++m) {
-      const __m512 a0 = _mm512_loadu_ps(a + m * K + k), a1 = _mm512_loadu_ps(a + m * K + k + 16);
+    for (int r = 0; r < NR; ++r)
+      for (int h = 0; h < 2; ++h)
+        acc[m][r][h] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(lanes + ((m * NR + r) * 2 + h) * 16);
+  const int64_t block = int64_t{1} << p.log2_bs;
+  for (int64_t k = k0; k < k1;) {
+    // the segment [k, stop): one block of every row (Aligned), or one chunk
+    const int64_t stop = Aligned ? ((k | (block - 1)) + 1 < k1 ? (k | (block - 1)) + 1 : k1) : k + kGemvLanes;
+    __m512 v[NR];
+    for (int r = 0; r < NR; ++r) v[r] = block_values_avx512(p, values, (j0 + r) * K + k);
+    for (; k < stop; k += kGemvLanes, a += a_step) {
+      __m512 w[NR][2];
       for (int r = 0; r < NR; ++r) {
-        acc[m][r][0] = _mm512_add_ps(acc[m][r][0], _mm512_mul_ps(a0, w[r][0]));
-        acc[m][r][1] = _mm512_add_ps(acc[m][r][1], _mm512_mul_ps(a1, w[r][1]));
+        if ((k & 127) == 0)  // once per 64-byte line of the row
+          _mm_prefetch(reinterpret_cast<const char*>(rows[r] + ahead + (k >> 1)), _MM_HINT_T1);
+        const __m512i odd = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + (k >> 1))));
+        w[r][0] = _mm512_permutexvar_ps(_mm512_srli_epi32(odd, 4), v[r]);
+        w[r][1] = _mm512_permutexvar_ps(odd, v[r]);
+      }
+      for (int m = 0; m < MT; ++m) {
+        const __m512 a0 = _mm512_loadu_ps(a + m * kGemvLanes), a1 = _mm512_loadu_ps(a + m * kGemvLanes + 16);
+        for (int r = 0; r < NR; ++r) {
+          acc[m][r][0] = _mm512_fmadd_ps(a0, w[r][0], acc[m][r][0]);
+          acc[m][r][1] = _mm512_fmadd_ps(a1, w[r][1], acc[m][r][1]);
+        }
       }
     }
   }
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < NR; ++r) {
-      alignas(64) float even_odd[kGemvLanes], lanes[kGemvLanes];
-      _mm512_store_ps(even_odd, acc[m][r][0]);
-      _mm512_store_ps(even_odd + 16, acc[m][r][1]);
-      for (int i = 0; i < 16; ++i) {
-        lanes[2 * i] = even_odd[i];
-        lanes[2 * i + 1] = even_odd[16 + i];
+      float* mine = lanes + (m * NR + r) * kGemvLanes;
+      if (!last) {
+        _mm512_storeu_ps(mine, acc[m][r][0]);
+        _mm512_storeu_ps(mine + 16, acc[m][r][1]);
+        continue;
       }
-      sums[m * NR + r] = finish_lanes(lanes, nullptr, nullptr, K, K);  // no tail: the tree only
+      sums[m * NR + r] = lane_tree_avx512(acc[m][r][0], acc[m][r][1]);
     }
 }
 
-/* Rows [first, last) of the weight for A's rows [m0, m0 + MT): NR weight rows at a time, then one at a time. */
-template <int MT, int NR>
-KBIT_TARGET_AVX512 void rows_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
-                                            float* sums) {
-  int64_t j = first;
-  for (; j + NR <= last; j += NR) {
-    float tile[MT * NR];
-    tile_chunked_avx512<MT, NR>(p, m0, j, tile);
-    for (int m = 0; m < MT; ++m)
-      for (int r = 0; r < NR; ++r) sums[(m0 + m) * p.N + j + r] = tile[m * NR + r];
-  }
-  for (; j < last; ++j) {
-    float tile[MT];
-    tile_chunked_avx512<MT, 1>(p, m0, j, tile);
-    for (int m = 0; m < MT; ++m) sums[(m0 + m) * p.N + j] = tile[m];
+/* How A's columns are cut so that a slice of MT rows stays in L1 beside the streaming weight: about 16 KiB of
+ * float32 per slice, in equal whole chunks of 32. One slice when A's rows fit. */
+int64_t slice_length(int64_t rows, int64_t K) {
+  constexpr int64_t kSliceFloats = 4096;
+  const int64_t fit = (kSliceFloats / rows) / kGemvLanes * kGemvLanes;
+  if (fit >= K) return K;
+  const int64_t chunks = K / kGemvLanes, slices = (K + fit - 1) / fit;
+  return (chunks + slices - 1) / slices * kGemvLanes;
+}
+
+/* Weight rows [first, last) for A's rows [m0, m0 + MT), in groups of kGroupRows weight rows: slice by slice, NR rows
+ * at a time (then one at a time), the lanes kept in `lanes` between slices. */
+
+template <int MT, int NR, bool Aligned>
+KBIT_TARGET_AVX512 void group_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
+                                             int64_t slice, float* lanes, float* sums) {
+  for (int64_t k0 = 0; k0 < p.K; k0 += slice) {
+    const int64_t k1 = k0 + slice < p.K ? k0 + slice : p.K;
+    const bool first_slice = k0 == 0, last_slice = k1 == p.K;
+    int64_t j = first;
+    for (; j + NR <= last; j += NR) {
+      float tile[MT * NR];
+      float* mine = lanes + (j - first) * MT * kGemvLanes;
+      tile_chunked_avx512<MT, NR, Aligned>(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
+      if (last_slice)
+        for (int m = 0; m < MT; ++m)
+          for (int r = 0; r < NR; ++r) sums[(m0 + m) * p.N + j + r] = tile[m * NR + r];
+    }
+    for (; j < last; ++j) {
+      float tile[MT];
+      float* mine = lanes + (j - first) * MT * kGemvLanes;
+      tile_chunked_avx512<MT, 1, Aligned>(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
+      if (last_slice)
+        for (int m = 0; m < MT; ++m) sums[(m0 + m) * p.N + j] = tile[m];
+    }
   }
 }
 
-/* sums[m * N + j] for every row m of A and weight row j in [first, last): A's rows 8 at a time, then the rest
- * in one tile; the tile shapes keep 8 to 16 sums in registers. */
+template <int MT, int NR>
+KBIT_TARGET_AVX512 void rows_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
+                                            float* lanes, float* sums) {
+  const int64_t slice = slice_length(MT, p.K);
+  const bool aligned = p.K % (int64_t{1} << p.log2_bs) == 0;
+  if (aligned) {
+    group_chunked_avx512<MT, NR, true>(p, m0, first, last, slice, lanes, sums);
+  } else {
+    group_chunked_avx512<MT, NR, false>(p, m0, first, last, slice, lanes, sums);
+  }
+}
+
+/* sums[m * N + j] for every row m of A and weight row j in [first, last): groups of kGroupRows weight rows, and
+ * for each group A's rows 8 at a time, then the rest in one tile (the group's packed rows stay in cache between
+ * these passes, so the weight is read from memory once); the tile shapes keep 8 to 16 sums in registers. */
 KBIT_TARGET_AVX512 void gemv_chunked_avx512(const GemvProblem& p, int64_t first, int64_t last, float* sums) {
-  int64_t m0 = 0;
-  for (; m0 + 8 <= p.M; m0 += 8) rows_chunked_avx512<8, 1>(p, m0, first, last, sums);
-  switch (p.M - m0) {
-    case 1: rows_chunked_avx512<1, 4>(p, m0, first, last, sums); break;
-    case 2: rows_chunked_avx512<2, 4>(p, m0, first, last, sums); break;
-    case 3: rows_chunked_avx512<3, 2>(p, m0, first, last, sums); break;
-    case 4: rows_chunked_avx512<4, 2>(p, m0, first, last, sums); break;
-    case 5: rows_chunked_avx512<5, 1>(p, m0, first, last, sums); break;
-    case 6: rows_chunked_avx512<6, 1>(p, m0, first, last, sums); break;
-    case 7: rows_chunked_avx512<7, 1>(p, m0, first, last, sums); break;
-    default: break;
+  std::vector<float> lanes(static_cast<size_t>(kGroupRows * 8 * kGemvLanes));
+  for (int64_t g = first; g < last; g += kGroupRows) {
+    const int64_t end = g + kGroupRows < last ? g + kGroupRows : last;
+    int64_t m0 = 0;
+    for (; m0 + 8 <= p.M; m0 += 8) rows_chunked_avx512<8, 1>(p, m0, g, end, lanes.data(), sums);
+    switch (p.M - m0) {
+      case 1: rows_chunked_avx512<1, 4>(p, m0, g, end, lanes.data(), sums); break;
+      case 2: rows_chunked_avx512<2, 4>(p, m0, g, end, lanes.data(), sums); break;
+      case 3: rows_chunked_avx512<3, 2>(p, m0, g, end, lanes.data(), sums); break;
+      case 4: rows_chunked_avx512<4, 2>(p, m0, g, end, lanes.data(), sums); break;
+      case 5: rows_chunked_avx512<5, 1>(p, m0, g, end, lanes.data(), sums); break;
+      case 6: rows_chunked_avx512<6, 1>(p, m0, g, end, lanes.data(), sums); break;
+      case 7: rows_chunked_avx512<7, 1>(p, m0, g, end, lanes.data(), sums); break;
+      default: break;
+    }
   }
 }
 #endif
@@ -341,10 +428,14 @@ const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, std::vect
     for (int64_t i = 0; i < M * K; ++i) a[i] = to_float(A[i]);
     return a;
   }
-  for (int64_t i = 0; i < M * K; i += kGemvLanes)
-    for (int64_t l = 0; l < 16; ++l) {
-      a[i + l] = to_float(A[i + 2 * l]);
-      a[i + 16 + l] = to_float(A[i + 2 * l + 1]);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; k += kGemvLanes) {
+      const T* src = A + m * K + k;
+      float* dst = a + ((k / kGemvLanes) * M + m) * kGemvLanes;
+      for (int64_t l = 0; l < 16; ++l) {
+        dst[l] = to_float(src[2 * l]);
+        dst[16 + l] = to_float(src[2 * l + 1]);
+      }
     }
   return a;
 }

@@ -2,7 +2,8 @@
  * Owns: which copy of a hot loop runs (the x86-64 baseline; AVX2 when the CPU and OS have it and
  * KBIT_CPU_BASELINE is not "1"; AVX-512F for the loops where it pays, unless KBIT_CPU_NO_AVX512 is "1"), and the
  * AVX2 lookup of a block's 16 dequantized values. Every AVX2 / AVX-512 routine performs the same IEEE operations
- * (or the same table lookups) as the portable loop it replaces, so results are identical bit for bit;
+ * (or the same table lookups; the gemv's fused multiply-adds are vfmadd there and the C library's fmaf in the
+ * portable loop) as the portable loop it replaces, so results are identical bit for bit;
  * tests/ops/test_blockwise4.py and tests/ops/test_gemv4.py compare the paths. No build flag above the baseline is
  * used: AVX2 and AVX-512 code is compiled per function with a target attribute (GCC and Clang on x86-64 only). */
 #pragma once
@@ -14,7 +15,7 @@
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define KBIT_X86_DISPATCH 1
 #include <immintrin.h>
-#define KBIT_TARGET_AVX2 __attribute__((target("avx2")))
+#define KBIT_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define KBIT_TARGET_AVX512 __attribute__((target("avx512f")))
 #define KBIT_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -36,11 +37,12 @@ inline bool stream_past_cache(const void* out, int64_t bytes) {
 }
 
 #if KBIT_X86_DISPATCH
-/* Whether the AVX2 copies run: the CPU (and OS) support AVX2 and KBIT_CPU_BASELINE is not "1". Read once. */
+/* Whether the AVX2 copies run: the CPU (and OS) support AVX2 and FMA (the gemv's fused steps; every AVX2 CPU made
+ * has FMA) and KBIT_CPU_BASELINE is not "1". Read once. */
 inline bool use_avx2() {
   static const bool avx2 = [] {
     const char* forced = getenv("KBIT_CPU_BASELINE");
-    return __builtin_cpu_supports("avx2") && !(forced != nullptr && forced[0] == '1');
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(forced != nullptr && forced[0] == '1');
   }();
   return avx2;
 }

@@ -25,23 +25,28 @@
  *    to the canonical quiet NaN, so inf/NaN never become finite numbers (the 8-bit path's rule).
  *  - Dequantize: value = table[code] * absmax in float32 (FP4 code 0b1000 is -0.0), rounded to the output
  *    dtype (nearest-even).
- *  - gemv: y[m, n] = sum_k A[m, k] * w[n, k] with w = table[code] * absmax (float32, not rounded to A's dtype)
- *    and float32 products and sums in a fixed order: 32 lanes, lane l adds the products of k = l, l + 32,
- *    l + 64, ... in increasing k; then the lanes are combined pairwise, l + 16 into l, then l + 8 into l, ...,
- *    l + 1 into l (a warp's xor butterfly); then the bias (if any) is added once and the sum is rounded to A's
- *    dtype. Both backends follow this order, so the result does not depend on the thread count. (The order is
-    SIMD-friendly as it stands: the CPU holds the 32 lanes in two AVX-512 or four AVX2 registers; it has not been
-    changed for speed.)
-    Error bound against float64 (w the dequantized weight, the quantization error itself not counted): with
-    n = ceil(K / 32) + 6 and gamma_n = n u / (1 - n u), u = 2^-24, every term of y passes one product rounding, at
-    most ceil(K / 32) lane additions, 5 tree levels and the bias addition, so
-        |y32 - y64| <= gamma_n * sum_k |A[m, k] * w[n, k]|   (+ gamma_n |bias| with a bias),
-    and the final rounding to A's dtype adds at most u_T * |y32| (u_T = 2^-11 for float16, 2^-8 for bfloat16,
-    0 for float32). tests/ops/test_gemv4.py checks this bound.
+ *  - gemv: y[m, n] = sum_k A[m, k] * w[n, k] with w = table[code] * absmax (float32, not rounded to A's dtype),
+ *    summed in float32 in a fixed order: 32 lanes, lane l runs over k = l, l + 32, l + 64, ... in increasing k,
+ *    each step one fused multiply-add, lane = fma(A[m, k], w[n, k], lane) (the product is exact, one rounding per
+ *    step; gemv_step); then the lanes are combined pairwise, l + 16 into l, then l + 8 into l, ..., l + 1 into l
+ *    (a warp's xor butterfly); then the bias (if any) is added once and the sum is rounded to A's dtype. Both
+ *    backends follow this order (CUDA's fmaf, the CPU's vfmadd or the C library's fmaf), so the result does not
+ *    depend on the thread count, the instruction set or the backend. (Up to ABI 3 the step was a rounded
+ *    product and a rounded add; ABI 4 fused it: the fused step halves the floating-point work of a batch, which is
+ *    what bounds gemv once the weight is decoded in registers, and its error bound is smaller.)
+ *    Error bound against float64 (w the dequantized weight, the quantization error itself not counted): with
+ *    n = ceil(K / 32) + 5 and gamma_n = n u / (1 - n u), u = 2^-24, every term of y passes at most ceil(K / 32)
+ *    lane roundings (its own step's and the later ones') and 5 tree levels, so
+ *        |y32 - y64| <= gamma_n * sum_k |A[m, k] * w[n, k]|   without a bias;
+ *    with a bias, n grows by one (the bias addition) and the bound is gamma_n * (sum_k |A w| + |bias|). The final
+ *    rounding to A's dtype adds at most u_T * |y32| (u_T = 2^-11 for float16, 2^-8 for bfloat16, 0 for float32).
+ *    tests/ops/test_gemv4.py checks this bound, and checks the order bit for bit against a correctly rounded
+ *    fused multiply-add computed in float64 with round-to-odd.
  * Compiled with floating-point contraction off on every path, so CPU and GPU produce the same bits.
  */
 #pragma once
 
+#include <math.h> /* fmaf */
 #include <stdint.h>
 
 #include "kbit.h" /* KBIT_NF4, KBIT_FP4 */
@@ -103,8 +108,8 @@ KBIT_HD float dequantize_4bit_value(uint32_t code, float absmax, const float* ta
   return is_finite_scale(absmax) ? table[code] * absmax : canonical_nan();
 }
 
-/* One gemv term: the lane's running sum plus A's value times the dequantized weight. */
-KBIT_HD float gemv_step(float acc, float a, float w) { return acc + a * w; }
+/* One gemv term: the lane's running sum plus A's value times the dequantized weight, fused (one rounding). */
+KBIT_HD float gemv_step(float acc, float a, float w) { return fmaf(a, w, acc); }
 
 /* The output of one gemv dot product from its lane-0 sum: bias added once (when present), in float32. */
 KBIT_HD float gemv_finish(float sum, bool has_bias, float bias) { return has_bias ? sum + bias : sum; }

@@ -1,9 +1,10 @@
 """gemv_4bit on the CPU library: the documented summation order bit for bit, accuracy against float64, batch
 shapes, bias, thread counts, gradients, errors.
 
-The order reference below is written from csrc/numerics/blockwise4.h's description, in torch float32
-element-wise operations (each an IEEE operation, no contraction): 32 lanes, lane l sums the products of
-k = l, l + 32, ... in increasing k; then lanes l + 16, l + 8, ..., l + 1 are added into lane l; then the bias.
+The order reference below is written from csrc/numerics/blockwise4.h's description: 32 lanes, lane l runs over
+k = l, l + 32, ... in increasing k, each step a fused multiply-add (one rounding; fma32 computes it exactly in
+float64 with round-to-odd); then lanes l + 16, l + 8, ..., l + 1 are added into lane l (torch float32 additions);
+then the bias.
 """
 from __future__ import annotations
 
@@ -21,15 +22,45 @@ from kbit import functional as F
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def lane_order_reference(A: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A (M, K) and the dequantized W (N, K) in float32; returns (M, N) float32 in the documented order."""
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """a * b + c for float32 tensors with one rounding (C's fmaf), computed in float64: the product of two float32
+    values is exact in float64; the sum s = RN(p + c) and its exact error e (TwoSum) give the exact value s + e,
+    which is rounded to odd at 53 bits (truncated toward zero, last bit set when inexact) and then to nearest
+    float32. Round-to-odd at 53 >= 24 + 2 bits makes that double rounding equal to one rounding."""
+    p = a.double() * b.double()
+    cd = c.double()
+    s = p + cd
+    bp = s - p
+    e = (p - (s - bp)) + (cd - bp)
+    inexact = (e != 0) & torch.isfinite(s)
+    toward_zero = torch.where(inexact & ((e > 0) != (s > 0)), torch.nextafter(s, torch.zeros_like(s)), s)
+    odd = (toward_zero.view(torch.int64) | 1).view(torch.float64)
+    return torch.where(inexact, odd, s).float()
+
+
+def test_fma32_rounds_once():
+    a = torch.tensor([1 + 2.0 ** -12, 3.0, 1e30, 2.0 ** -70], dtype=torch.float32)
+    c = torch.tensor([-1.0, 0.5, -1e30, 0.0], dtype=torch.float32)
+    got = fma32(a, a, c).double()
+    exact = a.double() * a.double() + c.double()  # exact for the first two, and the reference's own float64 below
+    assert got[0].item() == 2.0 ** -11 + 2.0 ** -24  # a * a rounded first would give 2^-11
+    assert (a * a + c)[0].item() == 2.0 ** -11
+    assert got[1].item() == exact[1].item() == 9.5
+    assert got[2].item() == torch.tensor(exact[2].item(), dtype=torch.float32).item()
+    assert got[3].item() == torch.tensor(2.0 ** -140, dtype=torch.float32).item()  # a float32 subnormal, rounded once
+
+
+def lane_order_reference(A: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, fused: bool = True
+                         ) -> torch.Tensor:
+    """A (M, K) and the dequantized W (N, K) in float32; returns (M, N) float32 in the documented order (fused
+    steps; fused=False: a rounded product then a rounded add, kbit's order before ABI 4)."""
     M, K = A.shape
     N = W.shape[0]
     acc = torch.zeros(M, N, 32)
     for k0 in range(0, K, 32):
         width = min(32, K - k0)
-        prod = A[:, None, k0:k0 + width] * W[None, :, k0:k0 + width]
-        acc[:, :, :width] = acc[:, :, :width] + prod
+        a, w = A[:, None, k0:k0 + width].expand(M, N, width), W[None, :, k0:k0 + width].expand(M, N, width)
+        acc[:, :, :width] = fma32(a, w, acc[:, :, :width]) if fused else acc[:, :, :width] + a * w
     for offset in (16, 8, 4, 2, 1):
         acc[:, :, :offset] = acc[:, :, :offset] + acc[:, :, offset:2 * offset]
     out = acc[:, :, 0]
@@ -67,11 +98,24 @@ def test_results_follow_the_documented_order_bit_for_bit(quant_type, M, N, K, bl
         assert torch.equal(bits(got), bits(expected))
 
 
+def test_the_steps_are_fused():
+    """On data where a separately rounded product changes float32 sums, gemv gives the fused order's bits."""
+    g = torch.Generator().manual_seed(5)
+    W, A = torch.randn(64, 4096, generator=g), torch.randn(8, 4096, generator=g)
+    packed, state = F.quantize_4bit(W, blocksize=64)
+    w = weight_float32(packed, state)
+    fused, unfused = lane_order_reference(A, w, None), lane_order_reference(A, w, None, fused=False)
+    got = F.gemv_4bit(A, packed, state)
+    assert (fused != unfused).float().mean() > 0.5  # the two orders differ on most outputs here
+    assert torch.equal(bits(got), bits(fused))
+
+
 def documented_bound(A: torch.Tensor, w: torch.Tensor, K: int, dtype: torch.dtype) -> torch.Tensor:
     """The error bound of gemv_4bit against the float64 product with the dequantized weight (blockwise4.h):
-    gamma_n * sum_k |a_k w_k| with n = ceil(K / 32) + 6 and gamma_n = n u / (1 - n u), u = 2^-24 (every term sees
-    one product rounding, at most ceil(K / 32) lane additions and 5 tree levels), then the rounding to A's dtype."""
-    n = math.ceil(K / 32) + 6
+    gamma_n * sum_k |a_k w_k| with n = ceil(K / 32) + 5 and gamma_n = n u / (1 - n u), u = 2^-24 (every term sees
+    at most ceil(K / 32) fused lane steps, its own product exact inside the first, and 5 tree levels), then the
+    rounding to A's dtype."""
+    n = math.ceil(K / 32) + 5
     u = 2.0 ** -24
     float32_bound = n * u / (1 - n * u) * (A.double().abs() @ w.double().abs().T)
     out_u = {torch.float32: 0.0, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
