@@ -69,6 +69,9 @@ class Row:
     spread: str = ""
     target: str = ""
     verdict: str = ""
+    macs: int = 0
+    floor_ms: float | None = None
+    floor: str = ""
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Op:
     limit: str = ""
     baseline: str = ""
     per_call: int = 1  # calls of the op one fn() makes (a stack pass: its layers); times are per call
+    macs: int = 0      # float32 multiply-adds per call (matrix products: their compute floor)
 
 
 def round_robin(ops: list[Op], repeats: int) -> list[Row]:
@@ -104,7 +108,7 @@ def _row(op: Op, bucket: list[float]) -> Row:
     gbps = op.nbytes / seconds / 1e9 if op.nbytes else None
     spread = f"{min(bucket) * 1e3:.2f}-{max(bucket) * 1e3:.2f}" if len(bucket) > 1 else ""
     return Row(op.library, op.operation, seconds * 1e3, gbps, op.counted, op.form, op.limit, baseline=op.baseline,
-               spread=spread)
+               spread=spread, macs=op.macs)
 
 
 def last_level_cache_bytes() -> int:
@@ -124,12 +128,19 @@ def last_level_cache_bytes() -> int:
 
 # ------------------------------------------------------------------------------------------ limits
 
+MM_SIZE = 2048  # the fp32 matmul that measures the machine's multiply-add rate (torch's BLAS, every thread)
+
+
 def limit_ops(torch, x, stack_bytes: int) -> list[Op]:
     big = torch.ones(max(stack_bytes, x.numel() * 4) // 4)
     dst = torch.empty_like(x)
     n = x.numel()
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(MM_SIZE, MM_SIZE, generator=gen), torch.randn(MM_SIZE, MM_SIZE, generator=gen)
     return [Op("torch", f"sum (read bandwidth, {big.numel() * 4 >> 20} MiB)", big.sum, big.numel() * 4, "bytes read",
                limit="read"),
+            Op("torch", f"mm fp32 {MM_SIZE}^3 (multiply-add rate)", lambda: torch.mm(a, b), form="user",
+               macs=MM_SIZE ** 3),
             Op("torch", "copy_ (copy bandwidth)", lambda: dst.copy_(x), n * 4, "bytes written", "out=", "copy"),
             Op("torch", "empty + first touch (fp32, page faults)", lambda: torch.empty(n).fill_(0.0), n * 4,
                "bytes written", limit="copy")]
@@ -296,7 +307,8 @@ def gemv_ops(torch, shapes: list[tuple[int, int]], stack_bytes: int) -> list[Op]
                         fns = [lambda p=p, s=s, A=A: F.gemv_4bit(A, p, s) for p, s in stack]
                         ops.append(Op("kbit", f"gemv_4bit {name} {quant_type} bs {blocksize} {n_out}x{k} batch {batch}",
                                       _stack_pass(fns), nbytes, "4-bit weight + absmax read", limit="read",
-                                      baseline=f"F.linear {name} dense {n_out}x{k} batch {batch}", per_call=len(stack)))
+                                      baseline=f"F.linear {name} dense {n_out}x{k} batch {batch}", per_call=len(stack),
+                                      macs=batch * n_out * k))
     return ops
 
 
@@ -334,7 +346,7 @@ def linear4bit_ops(torch, shape: tuple[int, int], stack_bytes: int, batches=LINE
                         per_call=len(layers)),
                      Op("kbit", f"Linear4bit {label}", _stack_pass([lambda q=q, x=x: q(x) for q in layers]), qbytes,
                         "4-bit weight + absmax read", limit="read", baseline=f"nn.Linear {label} (dense)",
-                        per_call=len(layers))]
+                        per_call=len(layers), macs=batch * n_out * k)]
             groups.append(group)
     return groups
 
@@ -345,6 +357,23 @@ def fractions(rows: list[Row], read_gbps: float | None, copy_gbps: float | None)
     for r in rows:
         limit = {"read": read_gbps, "copy": copy_gbps}.get(r.limit)
         r.fraction = r.gbps / limit if r.gbps and limit else None
+
+
+def mac_rate(rows: list[Row]) -> float | None:
+    """Multiply-adds per second of the mm row (the machine's fp32 compute rate, as torch's BLAS reaches it)."""
+    mm = next((r for r in rows if r.operation.startswith("mm fp32")), None)
+    return mm.macs / (mm.median_ms / 1e3) if mm and mm.median_ms > 0 else None
+
+
+def floors(rows: list[Row], read_gbps: float | None, macs_per_s: float | None) -> None:
+    """Each matrix-product row's floor: the larger of reading its bytes at the read bandwidth and doing its
+    multiply-adds at the mm row's rate (a roofline; the row cannot beat it), and which of the two it is."""
+    for r in rows:
+        if not r.macs or r.operation.startswith("mm fp32") or not read_gbps or not macs_per_s or not r.gbps:
+            continue
+        read_ms = r.gbps * r.median_ms / read_gbps  # bytes / read bandwidth, in ms (gbps * ms = bytes / 1e6)
+        compute_ms = r.macs / macs_per_s * 1e3
+        r.floor_ms, r.floor = (read_ms, "read") if read_ms >= compute_ms else (compute_ms, "compute")
 
 
 def judge(rows: list[Row], read_gbps: float | None, copy_gbps: float | None) -> None:
@@ -385,15 +414,17 @@ def judge(rows: list[Row], read_gbps: float | None, copy_gbps: float | None) -> 
 def render(rows: list[Row], header: dict) -> str:
     lines = [" ".join(f"{k}={v}" for k, v in header.items()), ""]
     lines.append(f"{'library':<13} {'operation':<46} {'form':<8} {'median ms':>10} {'min-max ms':>15} {'GB/s':>7} "
-                 f"{'of limit':>12}  {'counted':<27} {'target':<62} verdict")
+                 f"{'of limit':>12} {'floor ms':>17}  {'counted':<27} {'target':<62} verdict")
     for r in rows:
         gbps = f"{r.gbps:7.2f}" if r.gbps else f"{'':>7}"
         frac = f"{r.fraction:6.0%} {r.limit:<5}" if r.fraction is not None else f"{'':>12}"
-        lines.append(f"{r.library:<13} {r.operation:<46} {r.form:<8} {r.median_ms:10.3f} {r.spread:>15} {gbps} {frac}  "
-                     f"{r.counted:<27} {r.target:<62} {r.verdict}".rstrip())
+        floor = f"{r.floor_ms:9.3f} {r.floor:<7}" if r.floor_ms is not None else f"{'':>17}"
+        lines.append(f"{r.library:<13} {r.operation:<46} {r.form:<8} {r.median_ms:10.3f} {r.spread:>15} {gbps} {frac} "
+                     f"{floor}  {r.counted:<27} {r.target:<62} {r.verdict}".rstrip())
     lines.append("")
     lines.append("times are per call (stack rows: per layer, one pass over a stack larger than the last-level cache); "
-                 "'of limit' is GB/s over the read (sum) or copy (copy_) row")
+                 "'of limit' is GB/s over the read (sum) or copy (copy_) row; 'floor ms' is the larger of reading the "
+                 "row's bytes at the read bandwidth and doing its multiply-adds at the mm row's rate")
     return "\n".join(lines)
 
 
@@ -442,7 +473,10 @@ def run(size: int, repeats: int, threads: int | None, shapes: list[tuple[int, in
     read = next((r.gbps for r in rows if r.operation.startswith("sum (read")), None)
     copy = next((r.gbps for r in rows if r.operation.startswith("copy_")), None)
     header["read_GBps"], header["copy_GBps"] = round(read or 0, 2), round(copy or 0, 2)
+    rate = mac_rate(rows)
+    header["fp32_GMACps"] = round((rate or 0) / 1e9, 1)
     fractions(rows, read, copy)
+    floors(rows, read, rate)
     judge(rows, read, copy)
     return header, rows
 

@@ -1,15 +1,14 @@
 /* gemv4.cpp: CPU entry point of the 4-bit matrix-vector product out = A @ W.T (+ bias) (libkbit_cpu).
- * The math and the summation order are numerics/blockwise4.h. This file owns the loops: cpu/parallel.h over output
- * features; each thread decodes one weight row into float32 once (an L1-resident buffer) and uses it for every
- * row of A, several rows of A per pass over the buffer so that a batch up to 8 costs little more than batch 1.
- * Each output is computed by one thread in the fixed lane order, so the result does not depend on the thread count.
+ * The math and the summation order are numerics/blockwise4.h (32 lanes, one fused multiply-add per term, a pairwise
+ * lane tree). This file owns the loops: cpu/parallel.h over output features, each output computed by one thread in
+ * the fixed order, so the result does not depend on the thread count.
  *
- * Instruction sets (cpu/simd4.h): the baseline copy is portable C++; the AVX2 copy holds the 32 lanes in four
- * 8-float registers, the AVX-512 copy in two 16-float registers and decodes 16 codes per permute (vpermps over
- * the block's 16 values). Every copy performs, per lane, the same float32 multiply and add in the same order
- * (no contraction), and the same lane tree, so all three write identical bits. */
-#include <string.h>
-
+ * Instruction sets (cpu/simd4.h): the baseline copy is portable C++ (fmaf); the AVX2 copy decodes a weight row
+ * into an L1 buffer and holds the 32 lanes in four 8-float registers (vfmadd). The AVX-512 copy, for K a multiple
+ * of 32, decodes in registers (16 codes per vpermps over the block's 16 values) and computes tiles of up to 8 rows
+ * of A by 1-4 weight rows, over slices of K that keep A's slice in L1 (A is rearranged once per call so that each
+ * chunk of 32 of every row is contiguous, in the register order of the lanes). Every copy performs the same fused
+ * step per lane in the same order and the same lane tree, so all three write identical bits. */
 #include <vector>
 
 #include "common/args.h"
@@ -157,7 +156,7 @@ void dots_base(const float* a, int64_t M, int64_t K, const float* w, float* sums
 
 #if KBIT_X86_DISPATCH
 /* MT rows of A at once, lanes l in register l / 8 (element l % 8): each weight chunk is loaded once for MT rows.
- * mul then add, as gemv_step: the same two roundings per term as the portable copy. */
+ * one vfmadd per term, as gemv_step: the same single rounding per term as the portable copy. */
 template <int MT>
 KBIT_TARGET_AVX2 void dot_tile_avx2(const float* a, int64_t K, const float* w, float* sums) {
   __m256 acc[MT][4];
@@ -223,14 +222,11 @@ KBIT_TARGET_AVX512 void dots_avx512(const float* a, int64_t M, int64_t K, const 
 /* The block's 16 dequantized values (table[c] * absmax, as dequantize_4bit_value; a non-finite absmax gives the
  * canonical NaN) for the element at flat index f. */
 KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE __m512 block_values_avx512(const GemvProblem& p, __m512 values, int64_t f) {
-  const float* scale = p.absmax + (f >> p.log2_bs);
-  // is_finite_scale (scale <= FLT_MAX) on the bits, in integer registers: not NaN and not +inf
-  uint32_t bits;
-  memcpy(&bits, scale, sizeof bits);
-  const bool finite = (bits & 0x7fffffffu) <= 0x7f800000u && bits != 0x7f800000u;
-  return finite ? _mm512_mul_ps(values, _mm512_set1_ps(*scale)) : _mm512_set1_ps(canonical_nan());
+  const float scale = p.absmax[f >> p.log2_bs];
+  return is_finite_scale(scale) ? _mm512_mul_ps(values, _mm512_set1_ps(scale)) : _mm512_set1_ps(canonical_nan());
 }
 
+/* Weight rows are taken kGroupRows at a time (gemv_chunked_avx512); a tile prefetches the rows one group ahead. */
 constexpr int64_t kGroupRows = 16;
 
 /* blockwise4.h's lane tree (l + 16 into l, then + 8, + 4, + 2, + 1) on lanes held as even (lanes 0, 2, .., 30) and
@@ -256,7 +252,7 @@ KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE float lane_tree_avx512(__m512 even, __m512
  * latency of one lane's chain is hidden. A chunk's 16 bytes widen to 16 dwords whose low 4 bits are the odd
  * elements' codes and whose bits 4..7 the even elements'; vpermps reads an index's low 4 bits only, so one shift
  * and two permutes look up 32 codes in the block's 16 values. The even elements land in register 0 and the odd
- * ones in register 1, and A is stored in the same order (chunk_order), so each register element holds one lane l
+ * ones in register 1, and A is stored in the same order (prepare_a), so each register element holds one lane l
  * of blockwise4.h's order throughout; each step is one vfmadd (gemv_step's fused multiply-add).
  * The lanes of a tile start at zero (first slice) or from `lanes` ([MT][NR][32], register order), and are stored
  * there again unless this is the last slice; then they are put back in order and summed by the lane tree into
@@ -417,8 +413,9 @@ bool use_chunked(int64_t K) {
 #endif
 }
 
-/* A as float32 rows (widening is exact, so converting once changes no result); chunked: each chunk of 32 as
- * its 16 even elements, then its 16 odd ones (K is a multiple of 32). Returns A itself when nothing changes. */
+/* A as float32 (widening is exact, so converting once changes no result): row-major, or chunked (K a multiple of
+ * 32): chunk c of row m at ((c * M) + m) * 32, as its 16 even elements, then its 16 odd ones, so that a tile's
+ * rows of A for one chunk are contiguous and in the lanes' register order. Returns A itself when nothing changes. */
 template <class T>
 const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, std::vector<float>& buffer) {
   if (!chunked && sizeof(T) == sizeof(float)) return reinterpret_cast<const float*>(A);

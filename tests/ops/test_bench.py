@@ -34,11 +34,29 @@ def test_bench_reports_every_operation_with_positive_figures():
         assert limits[name]["gbps"] > 0 and math.isfinite(limits[name]["gbps"]), name
     gemv = [r for r in rows if r["operation"].startswith("gemv_4bit")]
     assert len(gemv) == 2 * 2 * 3 * 2  # nf4/fp4 x bs 64/128 x fp32/fp16/bf16 x batch 1/8
+    assert report["header"]["fp32_GMACps"] > 0
     for r in gemv:
         assert r["baseline"].startswith("F.linear") and r["baseline_ms"] > 0 and r["fraction"] > 0
         assert r["verdict"] in ("met", "MISSED") and "x dense" in r["target"]
+        assert r["floor"] in ("read", "compute") and 0 < r["floor_ms"]
     linear = [r for r in rows if r["operation"].startswith("Linear4bit")]
     assert {r["operation"].rsplit(" ", 1)[1] for r in linear} == {"1", "2", "4", "8", "16", "64", "512"}
     for r in linear:
         assert r["baseline_ms"] > 0 and r["verdict"] in ("met", "MISSED") and "dequantize + F.linear" in r["target"]
     assert any(r["library"] == "bitsandbytes" for r in rows)  # measured, or why not
+
+
+def test_floor_is_the_larger_of_reading_and_computing():
+    sys.path.insert(0, str(ROOT / "ci"))
+    import bench
+
+    mm = bench.Row("torch", "mm fp32 2048^3 (multiply-add rate)", 100.0, None, "", macs=2048 ** 3)
+    rate = bench.mac_rate([mm])
+    assert math.isclose(rate, 2048 ** 3 / 0.1)
+    # 1 GB/s over 2 ms = 2 MB; at 10 GB/s that reads in 0.2 ms. 1e6 multiply-adds at rate take 1e6 / rate s.
+    few = bench.Row("kbit", "gemv batch 1", 2.0, 1.0, "", macs=10 ** 3)
+    many = bench.Row("kbit", "gemv batch 8", 2.0, 1.0, "", macs=10 ** 9)
+    bench.floors([mm, few, many], 10.0, rate)
+    assert few.floor == "read" and math.isclose(few.floor_ms, 0.2)
+    assert many.floor == "compute" and math.isclose(many.floor_ms, 10 ** 9 / rate * 1e3)
+    assert mm.floor_ms is None
