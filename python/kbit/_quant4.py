@@ -178,10 +178,10 @@ def gemv_4bit(A: torch.Tensor, B_packed: torch.Tensor, quant_state: QuantState, 
     is one float32 dot product of A's row with the dequantized weight row (table[code] * absmax in float32,
     not rounded to A's dtype), summed in the fixed order of csrc/numerics/blockwise4.h (32 lanes over k, each
     term one fused multiply-add, then a pairwise lane tree), plus bias (converted to A's dtype) added once, then
-    rounded to A's dtype: the bits do
-    not depend on the thread count, the instruction set or the backend (CPU and CUDA agree bit for bit).
-    Error against float64 with the dequantized weight w: at most gamma_n * sum_k |A[m, k] w[j, k]| with
-    n = ceil(K / 32) + 5 (+ 1 and |bias| in the sum with a bias), gamma_n = n 2^-24 / (1 - n 2^-24), plus the rounding to A's dtype (blockwise4.h).
+    rounded to A's dtype: the bits do not depend on the thread count, the instruction set or the backend (CPU
+    and CUDA agree bit for bit). Error against float64 with the dequantized weight w: at most
+    gamma_n * sum_k |A[m, k] w[j, k]| with n = ceil(K / 32) + 5 (with a bias: n + 1, and |bias| in the sum),
+    gamma_n = n 2^-24 / (1 - n 2^-24), plus the rounding to A's dtype (blockwise4.h).
     Gradients flow to A and bias (the weight is frozen). Under torch.compile / torch.export, or when a gradient
     is needed, this is the custom op kbit::gemv_4bit (kbit._ops).
     """
