@@ -34,10 +34,12 @@ def wine_path(path: Path) -> str:
     return "Z:" + str(path.resolve()).replace("/", "\\")
 
 
-def run_under_wine(exe: Path, dll: Path, log=print) -> str:
-    """The probe's stdout under wine64, in the cached prefix, with wine's own chatter off."""
+def run_under_wine(exe: Path, dll: Path, log=print, extra_env: dict[str, str] | None = None) -> str:
+    """The probe's stdout under wine64, in the cached prefix, with wine's own chatter off (extra_env: variables
+    the DLL reads, e.g. KBIT_CPU_BASELINE)."""
     PREFIX.mkdir(parents=True, exist_ok=True)
-    env = {"WINEPREFIX": str(PREFIX), "WINEDEBUG": "-all", "WINEDLLOVERRIDES": "mscoree,mshtml=", "DISPLAY": ""}
+    env = {"WINEPREFIX": str(PREFIX), "WINEDEBUG": "-all", "WINEDLLOVERRIDES": "mscoree,mshtml=", "DISPLAY": "",
+           **(extra_env or {})}
     return cross_smoke.run(["wine", exe, wine_path(dll)], env=env, timeout=600, log=log,
                            fix=f"run `WINEPREFIX={PREFIX} wine {exe} {wine_path(dll)}` by hand to see wine's error")
 
@@ -65,6 +67,13 @@ def smoke(log=print) -> list[str]:
     failures += [f"the Windows DLL's bytes differ from Linux's: {d}" for d in diff]
     if not diff:
         log(f"win-amd64 (mingw-w64, wine64) and linux-x86_64 agree on all {len(reference)} result lines")
+    # the portable copies (what an MSVC build, which has no x86 dispatch, always runs): mingw-w64's own libm must
+    # not leak into the results (its fmaf rounds twice; numerics/blockwise4.h computes the fused step itself)
+    portable = cross_smoke.probe_lines(run_under_wine(exe, dll, log=log, extra_env={"KBIT_CPU_BASELINE": "1"}))
+    diff = cross_smoke.compare("win-amd64 KBIT_CPU_BASELINE=1", reference, portable)
+    failures += [f"the Windows DLL's portable copies differ from Linux's: {d}" for d in diff]
+    if not diff:
+        log(f"win-amd64 with KBIT_CPU_BASELINE=1 agrees too, on all {len(reference)} result lines")
     log(f"smoke-windows: {'ok' if not failures else 'FAILED'} in {time.perf_counter() - start:.1f} s")
     return failures
 

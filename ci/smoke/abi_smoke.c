@@ -70,7 +70,8 @@ int main(int argc, char** argv) {
   __typeof__(&kbit_dequantize_blockwise_8bit) dq8 = LOAD(lib, kbit_dequantize_blockwise_8bit);
   __typeof__(&kbit_quantize_4bit) q4 = LOAD(lib, kbit_quantize_4bit);
   __typeof__(&kbit_dequantize_4bit) dq4 = LOAD(lib, kbit_dequantize_4bit);
-  if (!abi_version || !build_info || !last_error || !q8 || !dq8 || !q4 || !dq4) {
+  __typeof__(&kbit_gemv_4bit) gemv = LOAD(lib, kbit_gemv_4bit);
+  if (!abi_version || !build_info || !last_error || !q8 || !dq8 || !q4 || !dq4 || !gemv) {
     printf("FAIL a kbit_* symbol is missing from %s\n", argv[1]);
     return 1;
   }
@@ -119,6 +120,20 @@ int main(int argc, char** argv) {
     printf("q4 %s packed %016llx absmax %016llx\n", name, (unsigned long long)fnv1a(codes, (N + 1) / 2),
            (unsigned long long)fnv1a(absmax, sizeof(float) * ((N + 63) / 64)));
     printf("dq4 %s %016llx\n", name, (unsigned long long)fnv1a(back, sizeof(float) * N));
+  }
+
+  /* gemv_4bit with the FP4 weight just quantized (its first rows), 3 rows of A: in_features 64 (x86-64: the
+   * AVX-512 tiles where the CPU has them) and 70 (rows cut mid-block, the row-by-row copies with a scalar tail).
+   * Its sums are one fused multiply-add per term in blockwise4.h's order on every platform and instruction set, so
+   * the bytes must agree everywhere, and with 1 thread. */
+  for (int64_t k = 64; k <= 70; k += 6) {
+    float y[3 * 1000], y1[3 * 1000];
+    expect(gemv(KBIT_F32, KBIT_FP4, a, codes, absmax, NULL, y, 3, 1000, k, 64, NULL, THREADS) == KBIT_OK,
+           "gemv_4bit");
+    expect(gemv(KBIT_F32, KBIT_FP4, a, codes, absmax, NULL, y1, 3, 1000, k, 64, NULL, 1) == KBIT_OK,
+           "gemv_4bit, 1 thread");
+    expect(memcmp(y, y1, sizeof y) == 0, "gemv_4bit does not depend on the thread count");
+    printf("gemv fp4 1000x%d %016llx\n", (int)k, (unsigned long long)fnv1a(y, sizeof y));
   }
 
   /* a refused argument: a status and a message, never a crash */

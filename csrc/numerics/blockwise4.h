@@ -30,7 +30,7 @@
  *    each step one fused multiply-add, lane = fma(A[m, k], w[n, k], lane) (the product is exact, one rounding per
  *    step; gemv_step); then the lanes are combined pairwise, l + 16 into l, then l + 8 into l, ..., l + 1 into l
  *    (a warp's xor butterfly); then the bias (if any) is added once and the sum is rounded to A's dtype. Both
- *    backends follow this order (CUDA's fmaf, the CPU's vfmadd or the C library's fmaf), so the result does not
+ *    backends follow this order (CUDA's fmaf, the CPU's vfmadd, fused_multiply_add in portable code), so the result does not
  *    depend on the thread count, the instruction set or the backend. (Up to ABI 3 the step was a rounded
  *    product and a rounded add; ABI 4 fused it: the fused step halves the floating-point work of a batch, which is
  *    what bounds gemv once the weight is decoded in registers, and its error bound is smaller.)
@@ -48,6 +48,7 @@
 
 #include <math.h> /* fmaf */
 #include <stdint.h>
+#include <string.h> /* memcpy */
 
 #include "kbit.h" /* KBIT_NF4, KBIT_FP4 */
 #include "numerics/blockwise8.h"
@@ -108,8 +109,34 @@ KBIT_HD float dequantize_4bit_value(uint32_t code, float absmax, const float* ta
   return is_finite_scale(absmax) ? table[code] * absmax : canonical_nan();
 }
 
+/* a * b + c with one rounding, the same bits on every platform. CUDA's fmaf and a compiler that emits the hardware
+ * instruction for fmaf (__FP_FAST_FMAF: aarch64, or x86 built with FMA) are used as they are. Otherwise the C
+ * library's fmaf cannot be trusted (mingw-w64's rounds twice), so it is computed here: the product of two float32
+ * values is exact in float64; s = RN(p + c) and its exact error e (TwoSum) give the exact sum s + e; s is rounded to
+ * odd (toward zero, then the last bit set when e != 0), and rounding that to float32 is the correctly rounded
+ * result (53 >= 2 * 24 + 2 bits, Boldo and Melquiond's round-to-odd). Needs float64 without extended precision
+ * (SSE2 on x86-64, every aarch64, MSVC x64). */
+KBIT_HD float fused_multiply_add(float a, float b, float c) {
+#if defined(__CUDA_ARCH__) || defined(__FP_FAST_FMAF)
+  return fmaf(a, b, c);
+#else
+  const double p = static_cast<double>(a) * static_cast<double>(b), cd = static_cast<double>(c);
+  double s = p + cd;
+  const double bp = s - p;
+  const double e = (p - (s - bp)) + (cd - bp);
+  if (e != 0.0 && s - s == 0.0) {  // inexact and finite (s is then non-zero)
+    uint64_t bits;
+    memcpy(&bits, &s, sizeof bits);
+    if ((e > 0.0) != (s > 0.0)) bits -= 1;  // s was rounded away from zero: one step back toward zero
+    bits |= 1u;                             // round to odd
+    memcpy(&s, &bits, sizeof s);
+  }
+  return static_cast<float>(s);
+#endif
+}
+
 /* One gemv term: the lane's running sum plus A's value times the dequantized weight, fused (one rounding). */
-KBIT_HD float gemv_step(float acc, float a, float w) { return fmaf(a, w, acc); }
+KBIT_HD float gemv_step(float acc, float a, float w) { return fused_multiply_add(a, w, acc); }
 
 /* The output of one gemv dot product from its lane-0 sum: bias added once (when present), in float32. */
 KBIT_HD float gemv_finish(float sum, bool has_bias, float bias) { return has_bias ? sum + bias : sum; }
