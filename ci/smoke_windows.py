@@ -74,7 +74,32 @@ def smoke(log=print) -> list[str]:
     failures += [f"the Windows DLL's portable copies differ from Linux's: {d}" for d in diff]
     if not diff:
         log(f"win-amd64 with KBIT_CPU_BASELINE=1 agrees too, on all {len(reference)} result lines")
+    failures += plain_intrinsics(exe, reference, log=log)
     log(f"smoke-windows: {'ok' if not failures else 'FAILED'} in {time.perf_counter() - start:.1f} s")
+    return failures
+
+
+# MSVC's branch of csrc/cpu/simd4.h (intrinsics in plain functions, the CPU asked through cpuid and xgetbv), built
+# by MinGW GCC: GCC needs the ISA flags for intrinsics outside a target attribute, which makes this build for this
+# (AVX-512) machine only; it proves the branch compiles and that its CPU detection and copies give Linux's bytes.
+PLAIN_FLAGS = "-DKBIT_SIMD_PLAIN_INTRINSICS=1 -mavx2 -mfma -mavx512f -mxsave"
+
+
+def plain_intrinsics(exe: Path, reference: list[str], log=print) -> list[str]:
+    """The failures of the plain-intrinsics DLL under wine, with every copy (AVX-512, AVX2, portable) forced."""
+    cpu = matrix.load()["cpu"]
+    dll = cross_smoke.cmake_build(cpu, "win-amd64-plain", toolchain=cross_smoke.TOOLCHAINS / "mingw-w64-x86_64.cmake",
+                                  extra=[f"-DCMAKE_CXX_FLAGS={PLAIN_FLAGS}"], log=log) / \
+        matrix.library_filename("cpu", "win-amd64")
+    failures = []
+    for label, env in (("its default copies", {}), ("KBIT_CPU_NO_AVX512=1", {"KBIT_CPU_NO_AVX512": "1"}),
+                       ("KBIT_CPU_BASELINE=1", {"KBIT_CPU_BASELINE": "1"})):
+        out = run_under_wine(exe, dll, log=log, extra_env=env)
+        diff = cross_smoke.compare(f"win-amd64 plain intrinsics, {label}", reference, cross_smoke.probe_lines(out))
+        failures += [f"the plain-intrinsics DLL ({label}) differs from Linux: {d}" for d in diff]
+        if not diff:
+            log(f"win-amd64 with MSVC's simd4.h branch (MinGW, {PLAIN_FLAGS.split()[0]}), {label}: agrees on all "
+                f"{len(reference)} result lines")
     return failures
 
 

@@ -2,18 +2,30 @@
  * Owns: which copy of a hot loop runs (the x86-64 baseline; AVX2 when the CPU and OS have it and
  * KBIT_CPU_BASELINE is not "1"; AVX-512F for the loops where it pays, unless KBIT_CPU_NO_AVX512 is "1"), and the
  * AVX2 lookup of a block's 16 dequantized values. Every AVX2 / AVX-512 routine performs the same IEEE operations
- * (or the same table lookups; the gemv's fused multiply-adds are vfmadd there and the C library's fmaf in the
- * portable loop) as the portable loop it replaces, so results are identical bit for bit;
+ * (or the same table lookups; the gemv's fused multiply-adds are vfmadd there and numerics/blockwise4.h's
+ * fused_multiply_add in the portable loop) as the portable loop it replaces, so results are identical bit for bit;
  * tests/ops/test_blockwise4.py and tests/ops/test_gemv4.py compare the paths. No build flag above the baseline is
- * used: AVX2 and AVX-512 code is compiled per function with a target attribute (GCC and Clang on x86-64 only). */
+ * used. GCC and Clang (x86-64) compile AVX2 and AVX-512 code per function with a target attribute and ask the CPU
+ * through __builtin_cpu_supports. MSVC (x64) compiles the intrinsics in any function as they are and is asked here
+ * through cpuid and xgetbv; KBIT_SIMD_PLAIN_INTRINSICS=1 selects that branch with MinGW GCC, which is how
+ * ci/smoke_windows.py builds and runs it on Linux (with the ISA flags GCC needs for intrinsics outside a target). */
 #pragma once
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#if (defined(_MSC_VER) && defined(_M_X64) && !defined(__clang__)) || KBIT_SIMD_PLAIN_INTRINSICS
 #define KBIT_X86_DISPATCH 1
+#define KBIT_X86_CPUID 1
+#include <immintrin.h>
+#include <intrin.h>
+#define KBIT_TARGET_AVX2
+#define KBIT_TARGET_AVX512
+#define KBIT_ALWAYS_INLINE __forceinline
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define KBIT_X86_DISPATCH 1
+#define KBIT_X86_CPUID 0
 #include <immintrin.h>
 #define KBIT_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define KBIT_TARGET_AVX512 __attribute__((target("avx512f")))
@@ -37,23 +49,60 @@ inline bool stream_past_cache(const void* out, int64_t bytes) {
 }
 
 #if KBIT_X86_DISPATCH
+#if KBIT_X86_CPUID
+/* cpuid leaf `leaf` (sub-leaf 0): eax, ebx, ecx, edx. */
+inline void cpuid(int leaf, int regs[4]) { __cpuidex(regs, leaf, 0); }
+
+/* Whether the OS saves every register state in `mask` (XCR0 bits: 0x6 = xmm + ymm; 0xe6 adds the AVX-512 opmask
+ * and zmm states): cpuid says OSXSAVE, then xgetbv(0). */
+inline bool os_saves(unsigned long long mask) {
+  int r[4];
+  cpuid(1, r);
+  return (r[2] & (1 << 27)) != 0 && (_xgetbv(0) & mask) == mask;
+}
+
+/* AVX2 and FMA on the CPU (cpuid 1: ecx bit 12 FMA, bit 28 AVX; cpuid 7: ebx bit 5 AVX2) with ymm state saved. */
+inline bool cpu_avx2_fma() {
+  int r[4];
+  cpuid(0, r);
+  if (r[0] < 7) return false;
+  cpuid(1, r);
+  const bool fma = (r[2] & (1 << 12)) != 0, avx = (r[2] & (1 << 28)) != 0;
+  cpuid(7, r);
+  return fma && avx && (r[1] & (1 << 5)) != 0 && os_saves(0x6);
+}
+
+/* AVX-512F on the CPU (cpuid 7: ebx bit 16) with the opmask and zmm states saved. */
+inline bool cpu_avx512f() {
+  int r[4];
+  cpuid(0, r);
+  if (r[0] < 7) return false;
+  cpuid(7, r);
+  return (r[1] & (1 << 16)) != 0 && os_saves(0xe6);
+}
+#else
+/* The same questions through GCC's and Clang's cpu model (it checks the OS's xgetbv state too). */
+inline bool cpu_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+inline bool cpu_avx512f() { return __builtin_cpu_supports("avx512f"); }
+#endif
+
 /* Whether the AVX2 copies run: the CPU (and OS) support AVX2 and FMA (the gemv's fused steps; every AVX2 CPU made
  * has FMA) and KBIT_CPU_BASELINE is not "1". Read once. */
 inline bool use_avx2() {
   static const bool avx2 = [] {
     const char* forced = getenv("KBIT_CPU_BASELINE");
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(forced != nullptr && forced[0] == '1');
+    return cpu_avx2_fma() && !(forced != nullptr && forced[0] == '1');
   }();
   return avx2;
 }
 
-/* Whether the AVX-512 (F) copies run: the CPU and OS support AVX-512F (the OS saves the zmm and mask state, which
- * __builtin_cpu_supports checks), the AVX2 copies run, and KBIT_CPU_NO_AVX512 is not "1" (how the tests run the
- * AVX2 copies on an AVX-512 machine). Read once. */
+/* Whether the AVX-512 (F) copies run: the CPU and OS support AVX-512F (the OS saves the zmm and mask state), the
+ * AVX2 copies run, and KBIT_CPU_NO_AVX512 is not "1" (how the tests run the AVX2 copies on an AVX-512 machine).
+ * Read once. */
 inline bool use_avx512() {
   static const bool avx512 = [] {
     const char* capped = getenv("KBIT_CPU_NO_AVX512");
-    return use_avx2() && __builtin_cpu_supports("avx512f") && !(capped != nullptr && capped[0] == '1');
+    return use_avx2() && cpu_avx512f() && !(capped != nullptr && capped[0] == '1');
   }();
   return avx512;
 }
