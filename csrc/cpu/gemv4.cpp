@@ -247,6 +247,33 @@ KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE float lane_tree_avx512(__m512 even, __m512
   return _mm_cvtss_f32(_mm_add_ss(e1, o1));  // + 1: lane 0 + lane 1
 }
 
+/* One chunk of 32 codes of NR weight rows at k (the block values v), times MT rows of A (a: the chunk's rows). */
+template <int MT, int NR>
+KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE void chunk_avx512(const uint8_t* const* rows, int64_t ahead, int64_t k,
+                                                        const __m512* v, const float* a, __m512 (*acc)[NR][2]) {
+  __m512 w[NR][2];
+  for (int r = 0; r < NR; ++r) {
+    if ((k & 127) == 0)  // once per 64-byte line of the row
+      _mm_prefetch(reinterpret_cast<const char*>(rows[r] + ahead + (k >> 1)), _MM_HINT_T1);
+    const __m512i odd = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + (k >> 1))));
+    w[r][0] = _mm512_permutexvar_ps(_mm512_srli_epi32(odd, 4), v[r]);
+    w[r][1] = _mm512_permutexvar_ps(odd, v[r]);
+  }
+  for (int m = 0; m < MT; ++m) {
+    const __m512 a0 = _mm512_loadu_ps(a + m * kGemvLanes), a1 = _mm512_loadu_ps(a + m * kGemvLanes + 16);
+    for (int r = 0; r < NR; ++r) {
+      acc[m][r][0] = _mm512_fmadd_ps(a0, w[r][0], acc[m][r][0]);
+      acc[m][r][1] = _mm512_fmadd_ps(a1, w[r][1], acc[m][r][1]);
+    }
+  }
+}
+
+/* How a tile walks its segments of K, each with one set of block values per weight row: kPerChunk (rows may start
+ * mid-block: the values are looked up for every chunk), kPerBlock (every row starts on a block boundary,
+ * K % blocksize == 0: once per block segment), or 2 / 4 (the same with blocks of exactly 2 or 4 chunks, blocksize 64
+ * or 128, and slices of whole blocks: the chunk loop unrolled). */
+constexpr int kPerChunk = 0, kPerBlock = 1;
+
 /* The fused AVX-512 tile for K a multiple of 32 (every block segment of a row is then whole chunks of 32): MT rows
  * of A times NR weight rows over k in [k0, k1), decoded in registers, 2 * MT * NR independent sums so that the
  * latency of one lane's chain is hidden. A chunk's 16 bytes widen to 16 dwords whose low 4 bits are the odd
@@ -255,10 +282,9 @@ KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE float lane_tree_avx512(__m512 even, __m512
  * ones in register 1, and A is stored in the same order (prepare_a), so each register element holds one lane l
  * of blockwise4.h's order throughout; each step is one vfmadd (gemv_step's fused multiply-add).
  * The lanes of a tile start at zero (first slice) or from `lanes` ([MT][NR][32], register order), and are stored
- * there again unless this is the last slice; then they are put back in order and summed by the lane tree into
- * sums[m * NR + r]. Aligned: every row starts on a block boundary (K % blocksize == 0), so the block values are
- * computed once per block segment instead of once per chunk. */
-template <int MT, int NR, bool Aligned>
+ * there again unless this is the last slice; then the lane tree sums them into sums[m * NR + r]. Seg: the segment
+ * walk above. */
+template <int MT, int NR, int Seg>
 KBIT_TARGET_AVX512 void tile_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t j0, int64_t k0, int64_t k1,
                                             bool first, bool last, float* lanes, float* sums) {
   const int64_t K = p.K;
@@ -275,28 +301,20 @@ KBIT_TARGET_AVX512 void tile_chunked_avx512(const GemvProblem& p, int64_t m0, in
     for (int r = 0; r < NR; ++r)
       for (int h = 0; h < 2; ++h)
         acc[m][r][h] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(lanes + ((m * NR + r) * 2 + h) * 16);
-  const int64_t block = int64_t{1} << p.log2_bs;
-  for (int64_t k = k0; k < k1;) {
-    // the segment [k, stop): one block of every row (Aligned), or one chunk
-    const int64_t stop = Aligned ? ((k | (block - 1)) + 1 < k1 ? (k | (block - 1)) + 1 : k1) : k + kGemvLanes;
-    __m512 v[NR];
-    for (int r = 0; r < NR; ++r) v[r] = block_values_avx512(p, values, (j0 + r) * K + k);
-    for (; k < stop; k += kGemvLanes, a += a_step) {
-      __m512 w[NR][2];
-      for (int r = 0; r < NR; ++r) {
-        if ((k & 127) == 0)  // once per 64-byte line of the row
-          _mm_prefetch(reinterpret_cast<const char*>(rows[r] + ahead + (k >> 1)), _MM_HINT_T1);
-        const __m512i odd = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + (k >> 1))));
-        w[r][0] = _mm512_permutexvar_ps(_mm512_srli_epi32(odd, 4), v[r]);
-        w[r][1] = _mm512_permutexvar_ps(odd, v[r]);
-      }
-      for (int m = 0; m < MT; ++m) {
-        const __m512 a0 = _mm512_loadu_ps(a + m * kGemvLanes), a1 = _mm512_loadu_ps(a + m * kGemvLanes + 16);
-        for (int r = 0; r < NR; ++r) {
-          acc[m][r][0] = _mm512_fmadd_ps(a0, w[r][0], acc[m][r][0]);
-          acc[m][r][1] = _mm512_fmadd_ps(a1, w[r][1], acc[m][r][1]);
-        }
-      }
+  __m512 v[NR];
+  if constexpr (Seg >= 2) {
+    for (int64_t k = k0; k < k1; k += Seg * kGemvLanes) {
+      for (int r = 0; r < NR; ++r) v[r] = block_values_avx512(p, values, (j0 + r) * K + k);
+      for (int c = 0; c < Seg; ++c, a += a_step) chunk_avx512<MT, NR>(rows, ahead, k + c * kGemvLanes, v, a, acc);
+    }
+  } else {
+    const int64_t block = int64_t{1} << p.log2_bs;
+    for (int64_t k = k0; k < k1;) {
+      // the segment [k, stop): one block of every row (kPerBlock), or one chunk
+      const int64_t stop = Seg == kPerBlock ? ((k | (block - 1)) + 1 < k1 ? (k | (block - 1)) + 1 : k1)
+                                            : k + kGemvLanes;
+      for (int r = 0; r < NR; ++r) v[r] = block_values_avx512(p, values, (j0 + r) * K + k);
+      for (; k < stop; k += kGemvLanes, a += a_step) chunk_avx512<MT, NR>(rows, ahead, k, v, a, acc);
     }
   }
   for (int m = 0; m < MT; ++m)
@@ -312,19 +330,20 @@ KBIT_TARGET_AVX512 void tile_chunked_avx512(const GemvProblem& p, int64_t m0, in
 }
 
 /* How A's columns are cut so that a slice of MT rows stays in L1 beside the streaming weight: about 16 KiB of
- * float32 per slice, in equal whole chunks of 32. One slice when A's rows fit. */
-int64_t slice_length(int64_t rows, int64_t K) {
+ * float32 per slice, in equal whole units (`unit`: 32, or a block for the unrolled segment walks; K is a multiple
+ * of it). One slice when A's rows fit. */
+int64_t slice_length(int64_t rows, int64_t K, int64_t unit) {
   constexpr int64_t kSliceFloats = 4096;
-  const int64_t fit = (kSliceFloats / rows) / kGemvLanes * kGemvLanes;
-  if (fit >= K) return K;
-  const int64_t chunks = K / kGemvLanes, slices = (K + fit - 1) / fit;
-  return (chunks + slices - 1) / slices * kGemvLanes;
+  const int64_t fit = (kSliceFloats / rows) / unit * unit;
+  if (fit >= K || fit == 0) return K;  // (K == 0: no slice; a unit above the budget: one slice)
+  const int64_t units = K / unit, slices = (K + fit - 1) / fit;
+  return (units + slices - 1) / slices * unit;
 }
 
 /* Weight rows [first, last) for A's rows [m0, m0 + MT), in groups of kGroupRows weight rows: slice by slice, NR rows
  * at a time (then one at a time), the lanes kept in `lanes` between slices. */
 
-template <int MT, int NR, bool Aligned>
+template <int MT, int NR, int Seg>
 KBIT_TARGET_AVX512 void group_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
                                              int64_t slice, float* lanes, float* sums) {
   for (int64_t k0 = 0; k0 < p.K; k0 += slice) {
@@ -334,7 +353,7 @@ KBIT_TARGET_AVX512 void group_chunked_avx512(const GemvProblem& p, int64_t m0, i
     for (; j + NR <= last; j += NR) {
       float tile[MT * NR];
       float* mine = lanes + (j - first) * MT * kGemvLanes;
-      tile_chunked_avx512<MT, NR, Aligned>(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
+      tile_chunked_avx512<MT, NR, Seg>(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
       if (last_slice)
         for (int m = 0; m < MT; ++m)
           for (int r = 0; r < NR; ++r) sums[(m0 + m) * p.N + j + r] = tile[m * NR + r];
@@ -342,7 +361,7 @@ KBIT_TARGET_AVX512 void group_chunked_avx512(const GemvProblem& p, int64_t m0, i
     for (; j < last; ++j) {
       float tile[MT];
       float* mine = lanes + (j - first) * MT * kGemvLanes;
-      tile_chunked_avx512<MT, 1, Aligned>(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
+      tile_chunked_avx512<MT, 1, Seg>(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
       if (last_slice)
         for (int m = 0; m < MT; ++m) sums[(m0 + m) * p.N + j] = tile[m];
     }
@@ -352,12 +371,18 @@ KBIT_TARGET_AVX512 void group_chunked_avx512(const GemvProblem& p, int64_t m0, i
 template <int MT, int NR>
 KBIT_TARGET_AVX512 void rows_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
                                             float* lanes, float* sums) {
-  const int64_t slice = slice_length(MT, p.K);
-  const bool aligned = p.K % (int64_t{1} << p.log2_bs) == 0;
-  if (aligned) {
-    group_chunked_avx512<MT, NR, true>(p, m0, first, last, slice, lanes, sums);
+  const int64_t block = int64_t{1} << p.log2_bs;
+  if (p.K % block != 0) {
+    group_chunked_avx512<MT, NR, kPerChunk>(p, m0, first, last, slice_length(MT, p.K, kGemvLanes), lanes, sums);
+    return;
+  }
+  const int64_t slice = slice_length(MT, p.K, block <= p.K ? block : kGemvLanes);
+  if (block == 2 * kGemvLanes && slice % block == 0) {
+    group_chunked_avx512<MT, NR, 2>(p, m0, first, last, slice, lanes, sums);
+  } else if (block == 4 * kGemvLanes && slice % block == 0) {
+    group_chunked_avx512<MT, NR, 4>(p, m0, first, last, slice, lanes, sums);
   } else {
-    group_chunked_avx512<MT, NR, false>(p, m0, first, last, slice, lanes, sums);
+    group_chunked_avx512<MT, NR, kPerBlock>(p, m0, first, last, slice, lanes, sums);
   }
 }
 

@@ -82,7 +82,11 @@ def weight_float32(packed: torch.Tensor, state: F.QuantState) -> torch.Tensor:
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("M,N,K,blocksize", [(1, 7, 96, 64), (3, 5, 48, 32), (2, 9, 33, 32), (4, 3, 1000, 128),
                                              (1, 1, 1, 32), (5, 17, 4100, 4096),
-                                             (8, 13, 128, 64), (3, 9, 4096, 64), (11, 6, 64, 32)])
+                                             (8, 13, 128, 64), (3, 9, 4096, 64), (11, 6, 64, 32),
+                                             # blocks of 2 and 4 chunks, sliced for 8 rows of A (AVX-512 unrolled
+                                             # walks), and blocks of 8 chunks (the generic per-block walk)
+                                             (9, 21, 1024, 64), (8, 19, 1024, 128), (1, 33, 256, 128),
+                                             (2, 7, 512, 256), (5, 3, 8192, 1024)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_results_follow_the_documented_order_bit_for_bit(quant_type, M, N, K, blocksize, dtype):
     g = torch.Generator().manual_seed(M * N + K)
