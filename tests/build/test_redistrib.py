@@ -15,12 +15,13 @@ BASE = "https://developer.download.nvidia.com/compute/cuda/redist"
 
 
 def _zip(component: str, files: dict[str, bytes]) -> bytes:
+    """A fake archive, byte-identical on every call: each entry's timestamp is fixed (zipfile would stamp the clock's
+    time, so two servers made in different 2-second steps published different sha256s, and a reuse test failed)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         top = f"{component}-windows-x86_64-13.0.88-archive"
-        z.writestr(f"{top}/LICENSE", b"license")
-        for name, data in files.items():
-            z.writestr(f"{top}/{name}", data)
+        for name, data in {"LICENSE": b"license", **files}.items():
+            z.writestr(zipfile.ZipInfo(f"{top}/{name}", date_time=(2025, 10, 1, 0, 0, 0)), data)
     return buf.getvalue()
 
 
@@ -49,6 +50,8 @@ def _server(release: str, *, corrupt: str = "", drop: str = ""):
 def test_installs_the_row_components_with_sha256_checked(tmp_path):
     release = matrix.load()["cuda130"].release
     fetch, fetched = _server(release)
+    stamps = {i.date_time for i in zipfile.ZipFile(io.BytesIO(_zip("cuda_nvcc", {"bin/nvcc.exe": b"MZ"}))).infolist()}
+    assert stamps == {(2025, 10, 1, 0, 0, 0)}  # the fakes do not depend on the clock
     home = redistrib.install("cuda130", tmp_path / "cuda", fetch=fetch, log=lambda m: None)
     assert (home / "bin" / "nvcc.exe").read_bytes() == b"MZ"
     assert sorted(p.name for p in (home / "bin").glob("*.txt")) == \
