@@ -70,6 +70,7 @@ class Row:
     target: str = ""
     verdict: str = ""
     macs: int = 0
+    nbytes: int | None = None
     floor_ms: float | None = None
     floor: str = ""
 
@@ -108,7 +109,7 @@ def _row(op: Op, bucket: list[float]) -> Row:
     gbps = op.nbytes / seconds / 1e9 if op.nbytes else None
     spread = f"{min(bucket) * 1e3:.2f}-{max(bucket) * 1e3:.2f}" if len(bucket) > 1 else ""
     return Row(op.library, op.operation, seconds * 1e3, gbps, op.counted, op.form, op.limit, baseline=op.baseline,
-               spread=spread, macs=op.macs)
+               spread=spread, macs=op.macs, nbytes=op.nbytes)
 
 
 def last_level_cache_bytes() -> int:
@@ -369,9 +370,9 @@ def floors(rows: list[Row], read_gbps: float | None, macs_per_s: float | None) -
     """Each matrix-product row's floor: the larger of reading its bytes at the read bandwidth and doing its
     multiply-adds at the mm row's rate (a roofline; the row cannot beat it), and which of the two it is."""
     for r in rows:
-        if not r.macs or r.operation.startswith("mm fp32") or not read_gbps or not macs_per_s or not r.gbps:
+        if not r.macs or r.operation.startswith("mm fp32") or not read_gbps or not macs_per_s or not r.nbytes:
             continue
-        read_ms = r.gbps * r.median_ms / read_gbps  # bytes / read bandwidth, in ms (gbps * ms = bytes / 1e6)
+        read_ms = r.nbytes / (read_gbps * 1e9) * 1e3
         compute_ms = r.macs / macs_per_s * 1e3
         r.floor_ms, r.floor = (read_ms, "read") if read_ms >= compute_ms else (compute_ms, "compute")
 

@@ -44,6 +44,18 @@ def run_under_wine(exe: Path, dll: Path, log=print, extra_env: dict[str, str] | 
                            fix=f"run `WINEPREFIX={PREFIX} wine {exe} {wine_path(dll)}` by hand to see wine's error")
 
 
+def agreement(exe: Path, dll: Path, reference: list[str], label: str, env: dict[str, str], log=print) -> list[str]:
+    """Run the probe under wine against `dll` (env: variables the DLL reads); the lines where it differs from the
+    Linux reference, as failures (none: logged as agreeing)."""
+    start = time.perf_counter()
+    out = run_under_wine(exe, dll, log=log, extra_env=env)
+    log(f"{label}: wine64 run ({time.perf_counter() - start:.1f} s):\n" + out.rstrip())
+    diff = cross_smoke.compare(label, reference, cross_smoke.probe_lines(out))
+    if not diff:
+        log(f"{label} and linux-x86_64 agree on all {len(reference)} result lines")
+    return [f"{label} differs from linux-x86_64: {d}" for d in diff]
+
+
 def smoke(log=print) -> list[str]:
     """Every check of the smoke; the failures (an empty list when all passed)."""
     cross_smoke.require(MINGW_CC, MINGW_CXX, "wine", "cmake", "ninja", "gcc", fix=APT_FIX)
@@ -59,21 +71,12 @@ def smoke(log=print) -> list[str]:
     exe = cross_smoke.compile_probe(MINGW_CC, cross_smoke.SMOKE_DIR / "win-amd64" / "abi_smoke.exe", "-static",
                                     log=log)
     failures += [f"the probe itself: {p}" for p in pe_imports.problems(exe) if "imports" in p]
-    wine_start = time.perf_counter()
-    out = run_under_wine(exe, dll, log=log)
-    log(f"wine64 run ({time.perf_counter() - wine_start:.1f} s):\n" + out.rstrip())
     reference = cross_smoke.reference_run(log=log)
-    diff = cross_smoke.compare("win-amd64", reference, cross_smoke.probe_lines(out))
-    failures += [f"the Windows DLL's bytes differ from Linux's: {d}" for d in diff]
-    if not diff:
-        log(f"win-amd64 (mingw-w64, wine64) and linux-x86_64 agree on all {len(reference)} result lines")
-    # the portable copies (what an MSVC build, which has no x86 dispatch, always runs): mingw-w64's own libm must
-    # not leak into the results (its fmaf rounds twice; numerics/blockwise4.h computes the fused step itself)
-    portable = cross_smoke.probe_lines(run_under_wine(exe, dll, log=log, extra_env={"KBIT_CPU_BASELINE": "1"}))
-    diff = cross_smoke.compare("win-amd64 KBIT_CPU_BASELINE=1", reference, portable)
-    failures += [f"the Windows DLL's portable copies differ from Linux's: {d}" for d in diff]
-    if not diff:
-        log(f"win-amd64 with KBIT_CPU_BASELINE=1 agrees too, on all {len(reference)} result lines")
+    failures += agreement(exe, dll, reference, "win-amd64 (mingw-w64, wine64)", {}, log=log)
+    # the portable copies (what an MSVC build without its SIMD branch would run): mingw-w64's own libm must not
+    # leak into the results (its fmaf rounds twice; numerics/blockwise4.h computes the fused step itself)
+    failures += agreement(exe, dll, reference, "win-amd64 with KBIT_CPU_BASELINE=1", {"KBIT_CPU_BASELINE": "1"},
+                          log=log)
     failures += plain_intrinsics(exe, reference, log=log)
     log(f"smoke-windows: {'ok' if not failures else 'FAILED'} in {time.perf_counter() - start:.1f} s")
     return failures
@@ -91,15 +94,11 @@ def plain_intrinsics(exe: Path, reference: list[str], log=print) -> list[str]:
     dll = cross_smoke.cmake_build(cpu, "win-amd64-plain", toolchain=cross_smoke.TOOLCHAINS / "mingw-w64-x86_64.cmake",
                                   extra=[f"-DCMAKE_CXX_FLAGS={PLAIN_FLAGS}"], log=log) / \
         matrix.library_filename("cpu", "win-amd64")
+    label = f"win-amd64 with MSVC's simd4.h branch (MinGW, {PLAIN_FLAGS.split()[0]})"
     failures = []
-    for label, env in (("its default copies", {}), ("KBIT_CPU_NO_AVX512=1", {"KBIT_CPU_NO_AVX512": "1"}),
-                       ("KBIT_CPU_BASELINE=1", {"KBIT_CPU_BASELINE": "1"})):
-        out = run_under_wine(exe, dll, log=log, extra_env=env)
-        diff = cross_smoke.compare(f"win-amd64 plain intrinsics, {label}", reference, cross_smoke.probe_lines(out))
-        failures += [f"the plain-intrinsics DLL ({label}) differs from Linux: {d}" for d in diff]
-        if not diff:
-            log(f"win-amd64 with MSVC's simd4.h branch (MinGW, {PLAIN_FLAGS.split()[0]}), {label}: agrees on all "
-                f"{len(reference)} result lines")
+    for copies, env in (("its default copies", {}), ("KBIT_CPU_NO_AVX512=1", {"KBIT_CPU_NO_AVX512": "1"}),
+                        ("KBIT_CPU_BASELINE=1", {"KBIT_CPU_BASELINE": "1"})):
+        failures += agreement(exe, dll, reference, f"{label}, {copies}", env, log=log)
     return failures
 
 

@@ -64,6 +64,13 @@ namespace kbit {
 
 inline bool is_blocksize_4bit(int32_t bs) { return is_power_of_two_in(bs, KBIT_BLOCKSIZE_4BIT_MIN, KBIT_BLOCKSIZE_4BIT_MAX); }
 
+/* log2 of a power of two (a blocksize these checks accepted), so both backends' kernels shift instead of dividing. */
+inline int32_t log2_pow2(int32_t pow2) {
+  int32_t r = 0;
+  while ((int32_t{1} << r) < pow2) ++r;
+  return r;
+}
+
 inline int check_4bit_format(int32_t dtype, int32_t quant_type, int32_t blocksize) {
   if (int s = check_dtype(dtype)) return s;
   KBIT_CHECK(quant_type == KBIT_NF4 || quant_type == KBIT_FP4, KBIT_ERR_INVALID_ARGUMENT,

@@ -37,13 +37,6 @@ struct GemvProblem {
   int32_t log2_bs;
 };
 
-/* log2 of a blocksize (a power of two, checked by check_gemv_4bit). */
-int32_t log2_of(int32_t pow2) {
-  int32_t r = 0;
-  while ((int32_t{1} << r) < pow2) ++r;
-  return r;
-}
-
 /* The weight row's segment [k, stop) inside block `block`: the flat index of its first element and the block. */
 struct Segment {
   int64_t begin, stop, block;
@@ -96,6 +89,12 @@ KBIT_TARGET_AVX2 void decode_row_avx2(const uint8_t* packed, const float* absmax
   }
 }
 
+/* A block's 16 dequantized values, table[c] * absmax as dequantize_4bit_value computes them (a non-finite absmax
+ * gives the canonical NaN); `values` holds the 16 table entries. */
+KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE __m512 scaled_values_avx512(__m512 values, float scale) {
+  return is_finite_scale(scale) ? _mm512_mul_ps(values, _mm512_set1_ps(scale)) : _mm512_set1_ps(canonical_nan());
+}
+
 /* The same values, 32 codes per step: 16 bytes split into nibbles in element order, widened to 32-bit indices
  * and looked up in the block's 16 values with one vpermps per 16. The block's values are table[c] * absmax, the
  * float32 product dequantize_4bit_value computes (a non-finite absmax gives the canonical NaN). */
@@ -106,9 +105,7 @@ KBIT_TARGET_AVX512 void decode_row_avx512(const uint8_t* packed, const float* ab
   const int64_t first = row * K;
   for (int64_t k = 0; k < K;) {
     const Segment s = segment_at(first, k, K, log2_bs);
-    const float scale = absmax[s.block];
-    const __m512 v = is_finite_scale(scale) ? _mm512_mul_ps(values, _mm512_set1_ps(scale))
-                                            : _mm512_set1_ps(canonical_nan());
+    const __m512 v = scaled_values_avx512(values, absmax[s.block]);
     alignas(64) float scaled[16];
     _mm512_store_ps(scaled, v);
     if ((first + k) & 1) {
@@ -219,11 +216,9 @@ KBIT_TARGET_AVX512 void dots_avx512(const float* a, int64_t M, int64_t K, const 
   if (m < M) dot_tile_avx512<1>(a + m * K, K, w, sums + m);
 }
 
-/* The block's 16 dequantized values (table[c] * absmax, as dequantize_4bit_value; a non-finite absmax gives the
- * canonical NaN) for the element at flat index f. */
+/* The block values of the element at flat index f (scaled_values_avx512 of its block's absmax). */
 KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE __m512 block_values_avx512(const GemvProblem& p, __m512 values, int64_t f) {
-  const float scale = p.absmax[f >> p.log2_bs];
-  return is_finite_scale(scale) ? _mm512_mul_ps(values, _mm512_set1_ps(scale)) : _mm512_set1_ps(canonical_nan());
+  return scaled_values_avx512(values, p.absmax[f >> p.log2_bs]);
 }
 
 /* Weight rows are taken kGroupRows at a time (gemv_chunked_avx512); a tile prefetches the rows one group ahead. */
@@ -478,7 +473,7 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
           int64_t K, int32_t bs, const float* table, int32_t threads) {
   const bool chunked = use_chunked(K);
   std::vector<float> a_buffer, sums(static_cast<size_t>(chunked ? M * N : 0));
-  const GemvProblem p{prepare_a(A, M, K, chunked, a_buffer), packed, absmax, table, M, N, K, log2_of(bs)};
+  const GemvProblem p{prepare_a(A, M, K, chunked, a_buffer), packed, absmax, table, M, N, K, log2_pow2(bs)};
   const RowKernels kernels = row_kernels();
   // work counted as multiply-adds (cheaper than a quantized element: the count errs towards starting threads)
   parallel_ranges(N, team_for(M * N * K, threads), [&](int64_t first, int64_t last) {

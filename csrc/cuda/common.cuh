@@ -77,11 +77,4 @@ inline unsigned grid_for(int64_t work_items, int64_t per_block, int64_t max_bloc
   return static_cast<unsigned>(wanted < max_blocks ? wanted : max_blocks);
 }
 
-/* log2 of a power of two (blocksizes), so kernels shift instead of dividing. */
-inline int log2_pow2(int32_t pow2) {
-  int r = 0;
-  while ((1 << r) < pow2) ++r;
-  return r;
-}
-
 }  // namespace kbit

@@ -53,9 +53,9 @@ def test_floor_is_the_larger_of_reading_and_computing():
     mm = bench.Row("torch", "mm fp32 2048^3 (multiply-add rate)", 100.0, None, "", macs=2048 ** 3)
     rate = bench.mac_rate([mm])
     assert math.isclose(rate, 2048 ** 3 / 0.1)
-    # 1 GB/s over 2 ms = 2 MB; at 10 GB/s that reads in 0.2 ms. 1e6 multiply-adds at rate take 1e6 / rate s.
-    few = bench.Row("kbit", "gemv batch 1", 2.0, 1.0, "", macs=10 ** 3)
-    many = bench.Row("kbit", "gemv batch 8", 2.0, 1.0, "", macs=10 ** 9)
+    # 2 MB at 10 GB/s read in 0.2 ms; 1e9 multiply-adds at that rate take 1e9 / rate s.
+    few = bench.Row("kbit", "gemv batch 1", 2.0, 1.0, "", macs=10 ** 3, nbytes=2 * 10 ** 6)
+    many = bench.Row("kbit", "gemv batch 8", 2.0, 1.0, "", macs=10 ** 9, nbytes=2 * 10 ** 6)
     bench.floors([mm, few, many], 10.0, rate)
     assert few.floor == "read" and math.isclose(few.floor_ms, 0.2)
     assert many.floor == "compute" and math.isclose(many.floor_ms, 10 ** 9 / rate * 1e3)
