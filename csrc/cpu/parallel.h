@@ -4,7 +4,8 @@
  * ranges of count/threads iterations, the first count%threads ranges one longer (the partition of OpenMP's
  * schedule(static)). The caller passes the thread count (torch.get_num_threads()); the calling thread runs
  * the first range. Every loop parallelised here has independent iterations, so the bits do not depend on the
- * thread count or on which thread ran which range.
+ * thread count or on which thread ran which range. cpu/parallel.cpp owns the threads that run the other ranges
+ * (a persistent team on POSIX, threads per call on Windows).
  *
  * Why not OpenMP: libgomp.so.1 is not on every Linux (a minbase Debian has none) and is outside manylinux's
  * library whitelist, so the wheel would have to graft a second OpenMP runtime beside torch's own. Why not
@@ -12,17 +13,9 @@
  * manylinux2014 allows (3.4.19); pthread_create is in every glibc. Windows uses its own threads (CreateThread). */
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
-
-#if defined(_WIN32)
-#ifndef NOMINMAX
-#define NOMINMAX  // keep std::min/std::max usable in the including file
-#endif
-#include <windows.h>
-#else
-#include <pthread.h>
-#endif
 
 namespace kbit {
 
@@ -33,49 +26,30 @@ struct ParallelRange {
   int64_t end;
 };
 
-/* The one place a range's body is called (not inlined: one copy of the loop serves every thread). */
+/* Range `index` of the array `ranges` (ParallelRange<F>[team]): the one place a range's body is called (not
+ * inlined: one copy of the loop serves every thread). */
 template <class F>
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
-void run_range(const ParallelRange<F>& r) {
+void run_range_at(const void* ranges, size_t index) {
+  const ParallelRange<F>& r = static_cast<const ParallelRange<F>*>(ranges)[index];
   (*r.body)(r.begin, r.end);
 }
 
-#if defined(_WIN32)
-using ThreadId = HANDLE;
-template <class F>
-DWORD WINAPI thread_main(void* arg) {
-  run_range(*static_cast<const ParallelRange<F>*>(arg));
-  return 0;
-}
-template <class F>
-bool start_thread(ThreadId* id, ParallelRange<F>* r) {
-  *id = CreateThread(nullptr, 0, &thread_main<F>, r, 0, nullptr);
-  return *id != nullptr;
-}
-inline void join_thread(ThreadId id) {
-  WaitForSingleObject(id, INFINITE);
-  CloseHandle(id);
-}
-#else
-using ThreadId = pthread_t;
-template <class F>
-void* thread_main(void* arg) {
-  run_range(*static_cast<const ParallelRange<F>*>(arg));
-  return nullptr;
-}
-template <class F>
-bool start_thread(ThreadId* id, ParallelRange<F>* r) {
-  return pthread_create(id, nullptr, &thread_main<F>, r) == 0;
-}
-inline void join_thread(ThreadId id) { pthread_join(id, nullptr); }
-#endif
+using RangeTask = void (*)(const void* ranges, size_t index);
 
-/* How many of the caller's `threads` are worth starting for `elements` elements of work. Starting and joining a
- * thread costs about 10 us, the time one thread takes for some 4K elements of a quantize round trip, so a thread
- * is added only for every kMinElementsPerThread elements: small calls (an optimizer over many small parameters)
- * stay on the calling thread instead of paying for a team. The split never changes the bits (see above). */
+/* task(ranges, i) for every i in [0, team): 0 on the calling thread, the others on the library's worker threads
+ * (cpu/parallel.cpp), returning when all have finished. A range whose thread cannot run it (the system refused to
+ * start one, or the team is busy with another caller's loop and a thread could not be started for this one) runs
+ * on the calling thread: fewer threads, the same bits. An exception thrown by any range is rethrown here, after
+ * every range has finished (the ranges live in the caller's frame). */
+void run_team(size_t team, RangeTask task, const void* ranges);
+
+/* How many of the caller's `threads` are worth using for `elements` elements of work. Waking a waiting worker
+ * costs a few microseconds (starting a thread, when no team is waiting, about 10-30 us), some 4K elements of a
+ * quantize round trip, so a thread is added only for every kMinElementsPerThread elements: small calls (an
+ * optimizer over many small parameters) stay on the calling thread. The split never changes the bits (see above). */
 constexpr int64_t kMinElementsPerThread = 16384;
 inline int32_t team_for(int64_t elements, int32_t threads) {
   const int64_t useful = elements / kMinElementsPerThread;
@@ -95,18 +69,11 @@ void parallel_ranges(int64_t count, int32_t threads, const F& body) {
     ranges[static_cast<size_t>(t)] = ParallelRange<F>{&body, begin, begin + len};
     begin += len;
   }
-  std::vector<ThreadId> ids(static_cast<size_t>(team));
-  std::vector<char> started(static_cast<size_t>(team), 0);
-  for (size_t t = 1; t < ranges.size(); ++t) started[t] = start_thread(&ids[t], &ranges[t]);
-  run_range(ranges[0]);
-  // a thread the system refused to start (EAGAIN) has its range run here: fewer threads, the same bits
-  for (size_t t = 1; t < ranges.size(); ++t) {
-    if (started[t]) {
-      join_thread(ids[t]);
-    } else {
-      run_range(ranges[t]);
-    }
+  if (team == 1) {
+    run_range_at<F>(ranges.data(), 0);
+    return;
   }
+  run_team(ranges.size(), &run_range_at<F>, ranges.data());
 }
 
 /* body(i) for every i in [0, count), split as parallel_ranges does. */

@@ -58,10 +58,10 @@ def gemv_rows(A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, bias:
               out_features: int, blocksize: int, quant_type: str) -> torch.Tensor:
     """The native gemv of A (..., in_features) with a 2-D weight (flat uint8 `packed`, float32 `absmax`); bias
     None or of out_features values (converted to A's dtype). The caller has checked everything."""
-    a = A.detach().contiguous()
+    a = A.contiguous()  # only its data pointer goes to the kernel (the custom op records any gradient)
     in_features = a.shape[-1]
     rows = a.numel() // in_features if in_features else math.prod(a.shape[:-1])
-    out = torch.empty((*a.shape[:-1], out_features), dtype=a.dtype, device=a.device)
+    out = a.new_empty((*a.shape[:-1], out_features))
     b = None if bias is None else bias.detach().to(a.dtype).contiguous()
     _dispatch.run(a, "A", "kbit_gemv_4bit", _checks.DTYPE_IDS[a.dtype], _checks.QUANT_TYPES[quant_type],
                   _dispatch.ptr(a), _dispatch.ptr(packed), _dispatch.ptr(absmax), None if b is None else _dispatch.ptr(b),

@@ -1,10 +1,12 @@
-"""The CPU library's own thread team (csrc/cpu/parallel.h) beside torch's OpenMP runtime.
+"""The CPU library's own thread team (csrc/cpu/parallel.h, parallel.cpp) beside torch's OpenMP runtime.
 
 The library links no OpenMP (the portability tests check its DT_NEEDED); these tests show the pthread team it
 uses instead gives the same bits for any thread count, from several Python threads at once interleaved with
-torch's own parallel ops, and leaves no thread behind (each call joins its team)."""
+torch's own parallel ops; that its workers persist (a call reuses them, and starts more only for a larger thread
+count); and that a forked child, which has none of the parent's workers, computes the same bits without hanging."""
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -66,12 +68,69 @@ def test_concurrent_callers_beside_torch_ops_give_the_same_bits_and_kbit_leaves_
         for t in threads:
             t.join()
         assert errors == []
-        # each kbit call joins its team: kbit alone leaves the process with the threads it had
+        # the team persists: once started for 8 threads, more calls (at 8 or fewer) start no thread
         torch.set_num_threads(8)
         _work(inputs[0])
         start = _native_threads()
-        for A in inputs:
-            _work(A)
+        for threads in (8, 2, 8):
+            torch.set_num_threads(threads)
+            for A in inputs:
+                _work(A)
         assert _native_threads() == start
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads through /proc")
+def test_the_team_grows_only_to_the_largest_thread_count_asked():
+    A = torch.randn(2048 * 1024, generator=torch.Generator().manual_seed(5))  # work enough for 100 threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(96)  # more than any other test asks: this call adds workers
+        _work(A)
+        start = _native_threads()
+        torch.set_num_threads(100)  # 4 more ranges: 4 more kbit workers (and up to 4 more of torch's)
+        _work(A)
+        grown = _native_threads()
+        assert start + 4 <= grown <= start + 8
+        _work(A)
+        assert _native_threads() == grown
+    finally:
+        torch.set_num_threads(before)
+
+
+def _digests(outputs: tuple[torch.Tensor, ...]) -> list[str]:
+    # compared through numpy bytes: torch's own parallel ops (torch.equal on large tensors) can hang in a forked
+    # child of a process whose OpenMP team ran, which is torch's matter, not kbit's
+    return [hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest() for t in outputs]
+
+
+def _forked_child(A: torch.Tensor, results) -> None:
+    results.put((torch.get_num_threads(), _digests(_work(A))))  # the parent's 4 threads: kbit's team is used
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork() start method")
+def test_a_forked_child_starts_its_own_team_and_gets_the_same_bits():
+    """A DataLoader worker is a fork of a process whose kbit team is running: the child has the team's memory but
+    none of its threads, so it must start its own instead of waiting for workers that are not there."""
+    import multiprocessing
+
+    A = torch.randn(512 * 1024 + 3, generator=torch.Generator().manual_seed(9))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        reference = _digests(_work(A))
+        torch.set_num_threads(4)
+        assert _digests(_work(A)) == reference  # the parent's team is running
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        child = ctx.Process(target=_forked_child, args=(A, results))
+        child.start()
+        child.join(timeout=120)
+        if child.is_alive():
+            child.kill()
+            pytest.fail("the forked child hung in its first kbit call (it waited for the parent's workers)")
+        assert child.exitcode == 0
+        assert results.get(timeout=10) == (4, reference)
     finally:
         torch.set_num_threads(before)
