@@ -188,7 +188,10 @@ class Team {
   /* A static object: at exit (or dlclose) idle workers are stopped and joined. A loop still running in another
    * thread keeps its workers (they are left to the exiting process). */
   ~Team() {
-    if (pthread_mutex_trylock(&owner_) != 0) return;
+    if (pthread_mutex_trylock(&owner_) != 0) {
+      for (auto& w : workers_) w.release();  // still in use by the running loop's workers: never freed
+      return;
+    }
     pthread_mutex_lock(&lock_);
     stop_.store(true);
     for (auto& w : workers_) pthread_cond_signal(&w->wake);
