@@ -175,6 +175,7 @@ struct Worker {
   std::atomic<uint64_t> ticket{0};
   std::atomic<bool> sleeping{false};
   pthread_cond_t wake;
+  pthread_t thread;
 };
 
 class Team {
@@ -196,7 +197,7 @@ class Team {
     stop_.store(true);
     for (auto& w : workers_) pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&lock_);
-    for (size_t i = 0; i < workers_.size(); ++i) pthread_join(threads_[i], nullptr);
+    for (auto& w : workers_) pthread_join(w->thread, nullptr);
     pthread_mutex_unlock(&owner_);
   }
 
@@ -221,7 +222,6 @@ class Team {
   void forget_after_fork() {
     for (auto& w : workers_) w.release();
     workers_.clear();
-    threads_.clear();
     pthread_mutex_init(&owner_, nullptr);
     pthread_mutex_init(&lock_, nullptr);
     pthread_cond_init(&done_, nullptr);
@@ -241,13 +241,11 @@ class Team {
         w->team = this;
         w->index = workers_.size() + 1;
         pthread_cond_init(&w->wake, nullptr);
-        pthread_t thread;
-        if (pthread_create(&thread, nullptr, &Team::worker_main, w.get()) != 0) {
+        if (pthread_create(&w->thread, nullptr, &Team::worker_main, w.get()) != 0) {
           pthread_cond_destroy(&w->wake);
           break;
         }
         workers_.push_back(std::move(w));
-        threads_.push_back(thread);
       }
       pthread_sigmask(SIG_SETMASK, &previous, nullptr);
     }
@@ -310,7 +308,6 @@ class Team {
   const void* ranges_ = nullptr;
   RangeFailure* errors_ = nullptr;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::vector<pthread_t> threads_;
 };
 
 Team& the_team();

@@ -42,8 +42,8 @@ using RangeTask = void (*)(const void* ranges, size_t index);
 /* task(ranges, i) for every i in [0, team): 0 on the calling thread, the others on the library's worker threads
  * (cpu/parallel.cpp), returning when all have finished. A range whose thread cannot run it (the system refused to
  * start one, or the team is busy with another caller's loop and a thread could not be started for this one) runs
- * on the calling thread: fewer threads, the same bits. An exception thrown by any range is rethrown here, after
- * every range has finished (the ranges live in the caller's frame). */
+ * on the calling thread: fewer threads, the same bits. An exception thrown by any range is thrown again here (as
+ * a std::exception with its text), after every range has finished (the ranges live in the caller's frame). */
 void run_team(size_t team, RangeTask task, const void* ranges);
 
 /* How many of the caller's `threads` are worth using for `elements` elements of work. Waking a waiting worker

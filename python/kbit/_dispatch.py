@@ -18,12 +18,11 @@ __all__ = ["library_for", "stream_for", "threads", "ptr", "call", "run"]
 
 def library_for(t: torch.Tensor, name: str) -> _native.NativeLibrary:
     """The library that serves tensor `t` (called `name` in messages)."""
-    from kbit import _runtime  # imported at the first native call, not with kbit
-
     if t.device.type == "cpu":
-        _runtime.check_override_once()  # a malformed BNB_CUDA_VERSION is named even in CPU-only work
-        return _native.cpu()
+        return _cpu_library()
     if t.device.type == "cuda":
+        from kbit import _runtime  # imported at the first native call, not with kbit
+
         index = t.device.index if t.device.index is not None else torch.cuda.current_device()
         return _runtime.cuda_library(index, name)
     raise _errors.KbitValueError(f"{name} is on device {t.device}; kbit supports cpu and cuda tensors.",
@@ -63,9 +62,7 @@ def run(t: torch.Tensor, name: str, function: str, *args) -> None:
     gemv_4bit layer is a fraction of a millisecond, and each Python call it makes runs after the layer's weight has
     streamed through the caches."""
     if t.is_cpu:
-        if not _override_checked:
-            _check_override()
-        _native.cpu().call(function, *args, None, max(1, torch.get_num_threads()))
+        _cpu_library().call(function, *args, None, threads())
         return
     lib = library_for(t, name)
     call(t, lib, function, *args, stream_for(t), threads())
@@ -74,9 +71,13 @@ def run(t: torch.Tensor, name: str, function: str, *args) -> None:
 _override_checked = False
 
 
-def _check_override() -> None:
+def _cpu_library() -> _native.NativeLibrary:
+    """libkbit_cpu; the first call also checks BNB_CUDA_VERSION (_runtime.check_override_once: a malformed value
+    is named even in CPU-only work), later ones skip the import."""
     global _override_checked
-    from kbit import _runtime
+    if not _override_checked:
+        from kbit import _runtime  # imported at the first native call, not with kbit
 
-    _runtime.check_override_once()
-    _override_checked = True
+        _runtime.check_override_once()
+        _override_checked = True
+    return _native.cpu()
