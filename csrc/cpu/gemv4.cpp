@@ -335,12 +335,21 @@ int64_t slice_length(int64_t rows, int64_t K, int64_t unit) {
   return (units + slices - 1) / slices * unit;
 }
 
+/* The drivers below take an instruction set's tile as Tile<MT, NR, Seg>::run (tile_chunked_avx512 or
+ * tile_chunked_avx2: the same arguments and contract). They hold no vector code, so they need no target. */
+template <int MT, int NR, int Seg>
+struct Avx512Tile {
+  static void run(const GemvProblem& p, int64_t m0, int64_t j0, int64_t k0, int64_t k1, bool first, bool last,
+                  float* lanes, float* sums) {
+    tile_chunked_avx512<MT, NR, Seg>(p, m0, j0, k0, k1, first, last, lanes, sums);
+  }
+};
+
 /* Weight rows [first, last) for A's rows [m0, m0 + MT), in groups of kGroupRows weight rows: slice by slice, NR rows
  * at a time (then one at a time), the lanes kept in `lanes` between slices. */
-
-template <int MT, int NR, int Seg>
-KBIT_TARGET_AVX512 void group_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
-                                             int64_t slice, float* lanes, float* sums) {
+template <template <int, int, int> class Tile, int MT, int NR, int Seg>
+void group_chunked(const GemvProblem& p, int64_t m0, int64_t first, int64_t last, int64_t slice, float* lanes,
+                   float* sums) {
   for (int64_t k0 = 0; k0 < p.K; k0 += slice) {
     const int64_t k1 = k0 + slice < p.K ? k0 + slice : p.K;
     const bool first_slice = k0 == 0, last_slice = k1 == p.K;
@@ -348,7 +357,7 @@ KBIT_TARGET_AVX512 void group_chunked_avx512(const GemvProblem& p, int64_t m0, i
     for (; j + NR <= last; j += NR) {
       float tile[MT * NR];
       float* mine = lanes + (j - first) * MT * kGemvLanes;
-      tile_chunked_avx512<MT, NR, Seg>(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
+      Tile<MT, NR, Seg>::run(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
       if (last_slice)
         for (int m = 0; m < MT; ++m)
           for (int r = 0; r < NR; ++r) sums[(m0 + m) * p.N + j + r] = tile[m * NR + r];
@@ -356,48 +365,268 @@ KBIT_TARGET_AVX512 void group_chunked_avx512(const GemvProblem& p, int64_t m0, i
     for (; j < last; ++j) {
       float tile[MT];
       float* mine = lanes + (j - first) * MT * kGemvLanes;
-      tile_chunked_avx512<MT, 1, Seg>(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
+      Tile<MT, 1, Seg>::run(p, m0, j, k0, k1, first_slice, last_slice, mine, tile);
       if (last_slice)
         for (int m = 0; m < MT; ++m) sums[(m0 + m) * p.N + j] = tile[m];
     }
   }
 }
 
-template <int MT, int NR>
-KBIT_TARGET_AVX512 void rows_chunked_avx512(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
-                                            float* lanes, float* sums) {
+/* The segment walk for the problem's block size (see kPerChunk), then group_chunked. */
+template <template <int, int, int> class Tile, int MT, int NR>
+void rows_chunked(const GemvProblem& p, int64_t m0, int64_t first, int64_t last, float* lanes, float* sums) {
   const int64_t block = int64_t{1} << p.log2_bs;
   if (p.K % block != 0) {
-    group_chunked_avx512<MT, NR, kPerChunk>(p, m0, first, last, slice_length(MT, p.K, kGemvLanes), lanes, sums);
+    group_chunked<Tile, MT, NR, kPerChunk>(p, m0, first, last, slice_length(MT, p.K, kGemvLanes), lanes, sums);
     return;
   }
   const int64_t slice = slice_length(MT, p.K, block <= p.K ? block : kGemvLanes);
   if (block == 2 * kGemvLanes && slice % block == 0) {
-    group_chunked_avx512<MT, NR, 2>(p, m0, first, last, slice, lanes, sums);
+    group_chunked<Tile, MT, NR, 2>(p, m0, first, last, slice, lanes, sums);
   } else if (block == 4 * kGemvLanes && slice % block == 0) {
-    group_chunked_avx512<MT, NR, 4>(p, m0, first, last, slice, lanes, sums);
+    group_chunked<Tile, MT, NR, 4>(p, m0, first, last, slice, lanes, sums);
   } else {
-    group_chunked_avx512<MT, NR, kPerBlock>(p, m0, first, last, slice, lanes, sums);
+    group_chunked<Tile, MT, NR, kPerBlock>(p, m0, first, last, slice, lanes, sums);
   }
 }
 
 /* sums[m * N + j] for every row m of A and weight row j in [first, last): groups of kGroupRows weight rows, and
  * for each group A's rows 8 at a time, then the rest in one tile (the group's packed rows stay in cache between
  * these passes, so the weight is read from memory once); the tile shapes keep 8 to 16 sums in registers. */
-KBIT_TARGET_AVX512 void gemv_chunked_avx512(const GemvProblem& p, int64_t first, int64_t last, float* sums) {
+void gemv_chunked_avx512(const GemvProblem& p, int64_t first, int64_t last, float* sums) {
   std::vector<float> lanes(static_cast<size_t>(kGroupRows * 8 * kGemvLanes));
+  float* l = lanes.data();
   for (int64_t g = first; g < last; g += kGroupRows) {
     const int64_t end = g + kGroupRows < last ? g + kGroupRows : last;
     int64_t m0 = 0;
-    for (; m0 + 8 <= p.M; m0 += 8) rows_chunked_avx512<8, 1>(p, m0, g, end, lanes.data(), sums);
+    for (; m0 + 8 <= p.M; m0 += 8) rows_chunked<Avx512Tile, 8, 1>(p, m0, g, end, l, sums);
     switch (p.M - m0) {
-      case 1: rows_chunked_avx512<1, 4>(p, m0, g, end, lanes.data(), sums); break;
-      case 2: rows_chunked_avx512<2, 4>(p, m0, g, end, lanes.data(), sums); break;
-      case 3: rows_chunked_avx512<3, 2>(p, m0, g, end, lanes.data(), sums); break;
-      case 4: rows_chunked_avx512<4, 2>(p, m0, g, end, lanes.data(), sums); break;
-      case 5: rows_chunked_avx512<5, 1>(p, m0, g, end, lanes.data(), sums); break;
-      case 6: rows_chunked_avx512<6, 1>(p, m0, g, end, lanes.data(), sums); break;
-      case 7: rows_chunked_avx512<7, 1>(p, m0, g, end, lanes.data(), sums); break;
+      case 1: rows_chunked<Avx512Tile, 1, 4>(p, m0, g, end, l, sums); break;
+      case 2: rows_chunked<Avx512Tile, 2, 4>(p, m0, g, end, l, sums); break;
+      case 3: rows_chunked<Avx512Tile, 3, 2>(p, m0, g, end, l, sums); break;
+      case 4: rows_chunked<Avx512Tile, 4, 2>(p, m0, g, end, l, sums); break;
+      case 5: rows_chunked<Avx512Tile, 5, 1>(p, m0, g, end, l, sums); break;
+      case 6: rows_chunked<Avx512Tile, 6, 1>(p, m0, g, end, l, sums); break;
+      case 7: rows_chunked<Avx512Tile, 7, 1>(p, m0, g, end, l, sums); break;
+      default: break;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------ AVX2 tiles
+
+/* The AVX2 decode (for K a multiple of 32). vpermps has 8 entries, so a 16-value lookup in floats costs two of them
+ * and a blend per 8 codes; byte shuffles (vpshufb, 16 entries) are cheaper. The 16 table values are held as four
+ * byte planes (plane b: byte b of table[c], c = 0..15, in both 128-bit lanes); a chunk's 16 bytes, their low nibbles
+ * in one lane and their high nibbles in the other, index all four planes, and two rounds of byte and word
+ * unpacking put each value's four bytes back together. The result is table[c] exactly; times the block's absmax,
+ * in float32, it is dequantize_4bit_value's product (a non-finite absmax is replaced by the canonical NaN, which
+ * x86 multiplication passes on unchanged). The planes do not depend on the block, so they are built once per
+ * tile. Register h = 0..3 of a chunk holds bytes j = 4h .. 4h + 3: its low lane their odd elements 2j + 1, its
+ * high lane their even elements 2j; prepare_a stores A's chunks in this order too. */
+struct Planes {
+  __m256i b[4];
+};
+
+KBIT_TARGET_AVX2 KBIT_ALWAYS_INLINE Planes table_planes_avx2(const float* table) {
+  alignas(16) uint8_t bytes[4][16];
+  for (int c = 0; c < 16; ++c) {
+    uint32_t bits;
+    memcpy(&bits, table + c, 4);
+    for (int b = 0; b < 4; ++b) bytes[b][c] = static_cast<uint8_t>(bits >> (8 * b));
+  }
+  Planes t;
+  for (int b = 0; b < 4; ++b)
+    t.b[b] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes[b])));
+  return t;
+}
+
+/* The scale of the block holding flat index f: absmax, or the canonical NaN for a non-finite absmax. */
+KBIT_TARGET_AVX2 KBIT_ALWAYS_INLINE __m256 block_scale_avx2(const GemvProblem& p, int64_t f) {
+  const float scale = p.absmax[f >> p.log2_bs];
+  return _mm256_set1_ps(is_finite_scale(scale) ? scale : canonical_nan());
+}
+
+/* The 32 weights of the chunk at src (16 bytes), scaled, in the register order above. */
+KBIT_TARGET_AVX2 KBIT_ALWAYS_INLINE void decode_chunk_avx2(const uint8_t* src, const Planes& t, __m256 scale,
+                                                           __m256* w) {
+  const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                                       _mm256_set1_epi8(15));  // low lane: low nibbles; high lane: high nibbles
+  const __m256i p0 = _mm256_shuffle_epi8(t.b[0], idx), p1 = _mm256_shuffle_epi8(t.b[1], idx);
+  const __m256i p2 = _mm256_shuffle_epi8(t.b[2], idx), p3 = _mm256_shuffle_epi8(t.b[3], idx);
+  const __m256i l01 = _mm256_unpacklo_epi8(p0, p1), h01 = _mm256_unpackhi_epi8(p0, p1);  // bytes j 0..7, 8..15
+  const __m256i l23 = _mm256_unpacklo_epi8(p2, p3), h23 = _mm256_unpackhi_epi8(p2, p3);
+  w[0] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23)), scale);
+  w[1] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23)), scale);
+  w[2] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23)), scale);
+  w[3] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23)), scale);
+}
+
+/* blockwise4.h's lane tree on the four registers of one sum (register order above): + 16 is register h + 2,
+ * + 8 register h + 1, + 4 and + 2 are positions within a 128-bit lane, + 1 is the even lane plus the odd one. */
+KBIT_TARGET_AVX2 KBIT_ALWAYS_INLINE float lane_tree_avx2(__m256 r0, __m256 r1, __m256 r2, __m256 r3) {
+  const __m256 s = _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
+  const __m256 t = _mm256_add_ps(s, _mm256_permute_ps(s, 0xee));
+  const __m256 u = _mm256_add_ps(t, _mm256_permute_ps(t, 0x55));
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_extractf128_ps(u, 1), _mm256_castps256_ps128(u)));
+}
+
+/* One chunk of NR weight rows at k (their block scales), decoded in registers, times MT rows of A. */
+template <int MT, int NR>
+KBIT_TARGET_AVX2 KBIT_ALWAYS_INLINE void chunk_avx2(const uint8_t* const* rows, int64_t ahead, int64_t k,
+                                                    const Planes& t, const __m256* scale, const float* a,
+                                                    __m256 (*acc)[NR][4]) {
+  for (int r = 0; r < NR; ++r) {
+    if ((k & 127) == 0)  // once per 64-byte line of the row
+      _mm_prefetch(reinterpret_cast<const char*>(rows[r] + ahead + (k >> 1)), _MM_HINT_T1);
+    __m256 w[4];
+    decode_chunk_avx2(rows[r] + (k >> 1), t, scale[r], w);
+    for (int h = 0; h < 4; ++h)
+      for (int m = 0; m < MT; ++m)
+        acc[m][r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(a + m * kGemvLanes + 8 * h), w[h], acc[m][r][h]);
+  }
+}
+
+/* tile_chunked_avx512's contract with AVX2 registers: MT rows of A times NR weight rows over k in [k0, k1). */
+template <int MT, int NR, int Seg>
+KBIT_TARGET_AVX2 void tile_chunked_avx2(const GemvProblem& p, int64_t m0, int64_t j0, int64_t k0, int64_t k1,
+                                        bool first, bool last, float* lanes, float* sums) {
+  const int64_t K = p.K;
+  const Planes t = table_planes_avx2(p.table);
+  const int64_t ahead = kGroupRows * (K / 2);
+  const int64_t a_step = p.M * kGemvLanes;
+  const float* a = p.a + ((k0 / kGemvLanes) * p.M + m0) * kGemvLanes;
+  const uint8_t* rows[NR];
+  for (int r = 0; r < NR; ++r) rows[r] = p.packed + (((j0 + r) * K) >> 1);
+  __m256 acc[MT][NR][4];
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < NR; ++r)
+      for (int h = 0; h < 4; ++h)
+        acc[m][r][h] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(lanes + (m * NR + r) * kGemvLanes + 8 * h);
+  __m256 v[NR];
+  if constexpr (Seg >= 2) {
+    for (int64_t k = k0; k < k1; k += Seg * kGemvLanes) {
+      for (int r = 0; r < NR; ++r) v[r] = block_scale_avx2(p, (j0 + r) * K + k);
+      for (int c = 0; c < Seg; ++c, a += a_step) chunk_avx2<MT, NR>(rows, ahead, k + c * kGemvLanes, t, v, a, acc);
+    }
+  } else {
+    const int64_t block = int64_t{1} << p.log2_bs;
+    for (int64_t k = k0; k < k1;) {
+      const int64_t stop = Seg == kPerBlock ? ((k | (block - 1)) + 1 < k1 ? (k | (block - 1)) + 1 : k1)
+                                            : k + kGemvLanes;
+      for (int r = 0; r < NR; ++r) v[r] = block_scale_avx2(p, (j0 + r) * K + k);
+      for (; k < stop; k += kGemvLanes, a += a_step) chunk_avx2<MT, NR>(rows, ahead, k, t, v, a, acc);
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < NR; ++r) {
+      float* mine = lanes + (m * NR + r) * kGemvLanes;
+      if (!last) {
+        for (int h = 0; h < 4; ++h) _mm256_storeu_ps(mine + 8 * h, acc[m][r][h]);
+        continue;
+      }
+      sums[m * NR + r] = lane_tree_avx2(acc[m][r][0], acc[m][r][1], acc[m][r][2], acc[m][r][3]);
+    }
+}
+
+template <int MT, int NR, int Seg>
+struct Avx2Tile {
+  static void run(const GemvProblem& p, int64_t m0, int64_t j0, int64_t k0, int64_t k1, bool first, bool last,
+                  float* lanes, float* sums) {
+    tile_chunked_avx2<MT, NR, Seg>(p, m0, j0, k0, k1, first, last, lanes, sums);
+  }
+};
+
+/* Weight row j's chunks [k0, k1) decoded and scaled into w (the register order above). */
+KBIT_TARGET_AVX2 void decode_chunks_avx2(const GemvProblem& p, const Planes& t, int64_t j, int64_t k0, int64_t k1,
+                                         float* w) {
+  const uint8_t* row = p.packed + ((j * p.K) >> 1);
+  const int64_t ahead = kGroupRows * (p.K / 2);
+  for (int64_t k = k0; k < k1; k += kGemvLanes, w += kGemvLanes) {
+    if ((k & 127) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + ahead + (k >> 1)), _MM_HINT_T1);
+    __m256 r[4];
+    decode_chunk_avx2(row + (k >> 1), t, block_scale_avx2(p, j * p.K + k), r);
+    for (int h = 0; h < 4; ++h) _mm256_storeu_ps(w + 8 * h, r[h]);
+  }
+}
+
+/* MT rows of A (chunked, a_step floats from one chunk to the next) times `chunks` decoded chunks at w; the lanes
+ * start at zero (first) or from `lanes` ([MT][32]) and are stored there again, or summed by the tree (last). */
+template <int MT>
+KBIT_TARGET_AVX2 void dots_chunked_avx2(const float* w, int64_t chunks, const float* a, int64_t a_step, bool first,
+                                        bool last, float* lanes, float* sums) {
+  __m256 acc[MT][4];
+  for (int m = 0; m < MT; ++m)
+    for (int h = 0; h < 4; ++h)
+      acc[m][h] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(lanes + m * kGemvLanes + 8 * h);
+  for (int64_t c = 0; c < chunks; ++c, w += kGemvLanes, a += a_step)
+    for (int h = 0; h < 4; ++h) {
+      const __m256 wh = _mm256_loadu_ps(w + 8 * h);
+      for (int m = 0; m < MT; ++m)
+        acc[m][h] = _mm256_fmadd_ps(_mm256_loadu_ps(a + m * kGemvLanes + 8 * h), wh, acc[m][h]);
+    }
+  for (int m = 0; m < MT; ++m) {
+    if (!last) {
+      for (int h = 0; h < 4; ++h) _mm256_storeu_ps(lanes + m * kGemvLanes + 8 * h, acc[m][h]);
+      continue;
+    }
+    sums[m] = lane_tree_avx2(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+  }
+}
+
+/* A's rows [m0, m0 + rows) (rows <= 8) times weight rows [first, last), for batches whose tiles would not fit
+ * AVX2's 16 registers (four per sum): slice by slice (A's slice stays in L1), each weight row's slice is decoded
+ * once into an L1 buffer and then multiplied by A's rows 3 (or 2) at a time. */
+KBIT_TARGET_AVX2 void rows_buffered_avx2(const GemvProblem& p, int64_t m0, int64_t rows, int64_t first, int64_t last,
+                                         float* lanes, float* sums) {
+  const Planes t = table_planes_avx2(p.table);
+  const int64_t slice = slice_length(rows, p.K, kGemvLanes);  // <= 4096 / rows floats, or K when A's rows fit
+  std::vector<float> w(static_cast<size_t>(slice));
+  for (int64_t k0 = 0; k0 < p.K; k0 += slice) {
+    const int64_t k1 = k0 + slice < p.K ? k0 + slice : p.K, chunks = (k1 - k0) / kGemvLanes;
+    const bool first_slice = k0 == 0, last_slice = k1 == p.K;
+    const float* a = p.a + ((k0 / kGemvLanes) * p.M + m0) * kGemvLanes;
+    for (int64_t j = first; j < last; ++j) {
+      decode_chunks_avx2(p, t, j, k0, k1, w.data());
+      for (int64_t mm = 0; mm < rows;) {
+        const int64_t left = rows - mm, mt = left == 4 || left == 2 ? 2 : left >= 3 ? 3 : 1;
+        float* mine = lanes + ((j - first) * 8 + mm) * kGemvLanes;
+        const float* am = a + mm * kGemvLanes;
+        float tile[3];
+        if (mt == 3) {
+          dots_chunked_avx2<3>(w.data(), chunks, am, p.M * kGemvLanes, first_slice, last_slice, mine, tile);
+        } else if (mt == 2) {
+          dots_chunked_avx2<2>(w.data(), chunks, am, p.M * kGemvLanes, first_slice, last_slice, mine, tile);
+        } else {
+          dots_chunked_avx2<1>(w.data(), chunks, am, p.M * kGemvLanes, first_slice, last_slice, mine, tile);
+        }
+        if (last_slice)
+          for (int64_t m = 0; m < mt; ++m) sums[(m0 + mm + m) * p.N + j] = tile[m];
+        mm += mt;
+      }
+    }
+  }
+}
+
+/* gemv_chunked_avx512's job with the AVX2 tiles: A's rows 8 at a time through the decode buffer, and the rest (or
+ * a batch of up to 4) in one in-register tile (measured on a Zen 3 stack: the buffer pays from 5 rows on). */
+void gemv_chunked_avx2(const GemvProblem& p, int64_t first, int64_t last, float* sums) {
+  std::vector<float> lanes(static_cast<size_t>(kGroupRows * 8 * kGemvLanes));
+  float* l = lanes.data();
+  for (int64_t g = first; g < last; g += kGroupRows) {
+    const int64_t end = g + kGroupRows < last ? g + kGroupRows : last;
+    int64_t m0 = 0;
+    while (p.M - m0 >= 5) {
+      const int64_t rows = p.M - m0 < 8 ? p.M - m0 : 8;
+      rows_buffered_avx2(p, m0, rows, g, end, l, sums);
+      m0 += rows;
+    }
+    switch (p.M - m0) {
+      case 1: rows_chunked<Avx2Tile, 1, 1>(p, m0, g, end, l, sums); break;
+      case 2: rows_chunked<Avx2Tile, 2, 1>(p, m0, g, end, l, sums); break;
+      case 3: rows_chunked<Avx2Tile, 3, 1>(p, m0, g, end, l, sums); break;
+      case 4: rows_chunked<Avx2Tile, 4, 1>(p, m0, g, end, l, sums); break;
       default: break;
     }
   }
@@ -426,7 +655,7 @@ RowKernels row_kernels() {
 /* Whether the fused AVX-512 tiles serve in_features K (they need whole chunks of 32 in every row). */
 bool use_chunked(int64_t K) {
 #if KBIT_X86_DISPATCH
-  return use_avx512() && K % kGemvLanes == 0;
+  return use_avx2() && K % kGemvLanes == 0;
 #else
   (void)K;
   return false;
@@ -437,7 +666,7 @@ bool use_chunked(int64_t K) {
  * 32): chunk c of row m at ((c * M) + m) * 32, as its 16 even elements, then its 16 odd ones, so that a tile's
  * rows of A for one chunk are contiguous and in the lanes' register order. Returns A itself when nothing changes. */
 template <class T>
-const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, std::vector<float>& buffer) {
+const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, bool avx2_order, std::vector<float>& buffer) {
   if (!chunked && sizeof(T) == sizeof(float)) return reinterpret_cast<const float*>(A);
   buffer.resize(static_cast<size_t>(M * K));
   float* a = buffer.data();
@@ -449,6 +678,15 @@ const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, std::vect
     for (int64_t k = 0; k < K; k += kGemvLanes) {
       const T* src = A + m * K + k;
       float* dst = a + ((k / kGemvLanes) * M + m) * kGemvLanes;
+      if (avx2_order) {
+        for (int64_t h = 0; h < 4; ++h)
+          for (int64_t i = 0; i < 4; ++i) {
+            const int64_t j = 4 * h + i;
+            dst[8 * h + i] = to_float(src[2 * j + 1]);
+            dst[8 * h + 4 + i] = to_float(src[2 * j]);
+          }
+        continue;
+      }
       for (int64_t l = 0; l < 16; ++l) {
         dst[l] = to_float(src[2 * l]);
         dst[16 + l] = to_float(src[2 * l + 1]);
@@ -473,13 +711,17 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
           int64_t K, int32_t bs, const float* table, int32_t threads) {
   const bool chunked = use_chunked(K);
   std::vector<float> a_buffer, sums(static_cast<size_t>(chunked ? M * N : 0));
-  const GemvProblem p{prepare_a(A, M, K, chunked, a_buffer), packed, absmax, table, M, N, K, log2_pow2(bs)};
+  const GemvProblem p{prepare_a(A, M, K, chunked, chunked && !use_avx512(), a_buffer), packed, absmax, table, M, N, K, log2_pow2(bs)};
   const RowKernels kernels = row_kernels();
   // work counted as multiply-adds (cheaper than a quantized element: the count errs towards starting threads)
   parallel_ranges(N, team_for(M * N * K, threads), [&](int64_t first, int64_t last) {
 #if KBIT_X86_DISPATCH
     if (chunked) {
-      gemv_chunked_avx512(p, first, last, sums.data());
+      if (use_avx512()) {
+        gemv_chunked_avx512(p, first, last, sums.data());
+      } else {
+        gemv_chunked_avx2(p, first, last, sums.data());
+      }
       write_outputs(sums.data() + first, N, bias, out, M, N, first, last);
       return;
     }
