@@ -3,12 +3,15 @@
  * lane tree). This file owns the loops: cpu/parallel.h over output features, each output computed by one thread in
  * the fixed order, so the result does not depend on the thread count.
  *
- * Instruction sets (cpu/simd4.h): the baseline copy is portable C++ (fmaf); the AVX2 copy decodes a weight row
- * into an L1 buffer and holds the 32 lanes in four 8-float registers (vfmadd). The AVX-512 copy, for K a multiple
- * of 32, decodes in registers (16 codes per vpermps over the block's 16 values) and computes tiles of up to 8 rows
- * of A by 1-4 weight rows, over slices of K that keep A's slice in L1 (A is rearranged once per call so that each
- * chunk of 32 of every row is contiguous, in the register order of the lanes). Every copy performs the same fused
- * step per lane in the same order and the same lane tree, so all three write identical bits. */
+ * Instruction sets (cpu/simd4.h): the baseline copy is portable C++ (fmaf). For K not a multiple of 32 the AVX2
+ * and AVX-512 copies decode a weight row into an L1 buffer and run the dot products over it. For K a multiple of 32
+ * they decode in registers: AVX-512 16 codes per vpermps over the block's 16 values; AVX2 32 codes per four
+ * vpshufb over the byte planes of the table, times the block's absmax. Both compute tiles of rows of A by weight
+ * rows over slices of K that keep A's slice in L1 (A is rearranged once per call so that each chunk of 32 of every
+ * row is contiguous, in the register order of the lanes of that instruction set). AVX2 needs four registers per
+ * sum, so from 5 rows of A on it decodes each weight row's slice once into an L1 buffer and runs 3-row tiles over
+ * it. Every copy performs the same fused step per lane in the same order and the same lane tree, so all three
+ * write identical bits. */
 #include <vector>
 
 #include "common/args.h"
@@ -652,7 +655,7 @@ RowKernels row_kernels() {
   return {&decode_row_base, &dots_base};
 }
 
-/* Whether the fused AVX-512 tiles serve in_features K (they need whole chunks of 32 in every row). */
+/* Whether the fused AVX-512 or AVX2 tiles serve in_features K (they need whole chunks of 32 in every row). */
 bool use_chunked(int64_t K) {
 #if KBIT_X86_DISPATCH
   return use_avx2() && K % kGemvLanes == 0;
@@ -663,10 +666,13 @@ bool use_chunked(int64_t K) {
 }
 
 /* A as float32 (widening is exact, so converting once changes no result): row-major, or chunked (K a multiple of
- * 32): chunk c of row m at ((c * M) + m) * 32, as its 16 even elements, then its 16 odd ones, so that a tile's
- * rows of A for one chunk are contiguous and in the lanes' register order. Returns A itself when nothing changes. */
+ * 32): chunk c of row m at ((c * M) + m) * 32, so that a tile's rows of A for one chunk are contiguous, in the
+ * register order of the lanes: for AVX-512 its 16 even elements, then its 16 odd ones; for AVX2 (avx2_order), for
+ * each group of 4 bytes j = 4h .. 4h + 3, their odd elements 2j + 1, then their even ones 2j. Returns A itself
+ * when nothing changes. */
 template <class T>
-const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, bool avx2_order, std::vector<float>& buffer) {
+const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, bool avx2_order,
+                       std::vector<float>& buffer) {
   if (!chunked && sizeof(T) == sizeof(float)) return reinterpret_cast<const float*>(A);
   buffer.resize(static_cast<size_t>(M * K));
   float* a = buffer.data();
@@ -711,7 +717,13 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
           int64_t K, int32_t bs, const float* table, int32_t threads) {
   const bool chunked = use_chunked(K);
   std::vector<float> a_buffer, sums(static_cast<size_t>(chunked ? M * N : 0));
-  const GemvProblem p{prepare_a(A, M, K, chunked, chunked && !use_avx512(), a_buffer), packed, absmax, table, M, N, K, log2_pow2(bs)};
+#if KBIT_X86_DISPATCH
+  const bool avx2_order = chunked && !use_avx512();
+#else
+  const bool avx2_order = false;
+#endif
+  const float* a = prepare_a(A, M, K, chunked, avx2_order, a_buffer);
+  const GemvProblem p{a, packed, absmax, table, M, N, K, log2_pow2(bs)};
   const RowKernels kernels = row_kernels();
   // work counted as multiply-adds (cheaper than a quantized element: the count errs towards starting threads)
   parallel_ranges(N, team_for(M * N * K, threads), [&](int64_t first, int64_t last) {
