@@ -554,60 +554,82 @@ KBIT_TARGET_AVX2 void decode_chunks_avx2(const GemvProblem& p, const Planes& t, 
   }
 }
 
-/* MT rows of A (chunked, a_step floats from one chunk to the next) times `chunks` decoded chunks at w; the lanes
- * start at zero (first) or from `lanes` ([MT][32]) and are stored there again, or summed by the tree (last). */
-template <int MT>
-KBIT_TARGET_AVX2 void dots_chunked_avx2(const float* w, int64_t chunks, const float* a, int64_t a_step, bool first,
-                                        bool last, float* lanes, float* sums) {
-  __m256 acc[MT][4];
+/* MT rows of A (chunked: a_step floats from one chunk to the next) times NR weight rows decoded at w[r] (`chunks`
+ * chunks each). The four registers of a sum are independent lanes until the tree, so they are taken one at a time
+ * (register h over every chunk, then h + 1): MT * NR sums in registers, each load of A serving NR weight rows.
+ * The lanes of (row m, weight row r) are lanes[(r * 8 + m) * 32 ..]: zero first (first slice) or loaded, stored
+ * again, and on the last slice summed by the tree into sums[r * 8 + m]. */
+template <int MT, int NR>
+KBIT_TARGET_AVX2 void dots_chunked_avx2(const float* const* w, int64_t chunks, const float* a, int64_t a_step,
+                                        bool first, bool last, float* lanes, float* sums) {
+  for (int h = 0; h < 4; ++h) {
+    __m256 acc[MT][NR];
+    for (int m = 0; m < MT; ++m)
+      for (int r = 0; r < NR; ++r)
+        acc[m][r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(lanes + (r * 8 + m) * kGemvLanes + 8 * h);
+    const float* ac = a + 8 * h;
+    for (int64_t c = 0; c < chunks; ++c, ac += a_step) {
+      __m256 wr[NR];
+      for (int r = 0; r < NR; ++r) wr[r] = _mm256_loadu_ps(w[r] + c * kGemvLanes + 8 * h);
+      for (int m = 0; m < MT; ++m) {
+        const __m256 am = _mm256_loadu_ps(ac + m * kGemvLanes);
+        for (int r = 0; r < NR; ++r) acc[m][r] = _mm256_fmadd_ps(am, wr[r], acc[m][r]);
+      }
+    }
+    for (int m = 0; m < MT; ++m)
+      for (int r = 0; r < NR; ++r) _mm256_storeu_ps(lanes + (r * 8 + m) * kGemvLanes + 8 * h, acc[m][r]);
+  }
+  if (!last) return;
   for (int m = 0; m < MT; ++m)
-    for (int h = 0; h < 4; ++h)
-      acc[m][h] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(lanes + m * kGemvLanes + 8 * h);
-  for (int64_t c = 0; c < chunks; ++c, w += kGemvLanes, a += a_step)
-    for (int h = 0; h < 4; ++h) {
-      const __m256 wh = _mm256_loadu_ps(w + 8 * h);
-      for (int m = 0; m < MT; ++m)
-        acc[m][h] = _mm256_fmadd_ps(_mm256_loadu_ps(a + m * kGemvLanes + 8 * h), wh, acc[m][h]);
+    for (int r = 0; r < NR; ++r) {
+      const float* l = lanes + (r * 8 + m) * kGemvLanes;
+      sums[r * 8 + m] = lane_tree_avx2(_mm256_loadu_ps(l), _mm256_loadu_ps(l + 8), _mm256_loadu_ps(l + 16),
+                                       _mm256_loadu_ps(l + 24));
     }
-  for (int m = 0; m < MT; ++m) {
-    if (!last) {
-      for (int h = 0; h < 4; ++h) _mm256_storeu_ps(lanes + m * kGemvLanes + 8 * h, acc[m][h]);
-      continue;
+}
+
+/* dots_chunked_avx2 for `rows` (<= 8) rows of A, 4 at a time. */
+template <int NR>
+KBIT_TARGET_AVX2 void dots_rows_avx2(const float* const* w, int64_t chunks, const float* a, int64_t a_step,
+                                     int64_t rows, bool first, bool last, float* lanes, float* sums) {
+  for (int64_t m = 0; m < rows; m += 4) {
+    float* l = lanes + m * kGemvLanes;
+    const float* am = a + m * kGemvLanes;
+    switch (rows - m < 4 ? rows - m : 4) {
+      case 1: dots_chunked_avx2<1, NR>(w, chunks, am, a_step, first, last, l, sums + m); break;
+      case 2: dots_chunked_avx2<2, NR>(w, chunks, am, a_step, first, last, l, sums + m); break;
+      case 3: dots_chunked_avx2<3, NR>(w, chunks, am, a_step, first, last, l, sums + m); break;
+      default: dots_chunked_avx2<4, NR>(w, chunks, am, a_step, first, last, l, sums + m); break;
     }
-    sums[m] = lane_tree_avx2(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
   }
 }
 
-/* A's rows [m0, m0 + rows) (rows <= 8) times weight rows [first, last), for batches whose tiles would not fit
- * AVX2's 16 registers (four per sum): slice by slice (A's slice stays in L1), each weight row's slice is decoded
- * once into an L1 buffer and then multiplied by A's rows 3 (or 2) at a time. */
+/* A's rows [m0, m0 + rows) (rows <= 8) times weight rows [first, last), for batches whose in-register tiles would
+ * not fit AVX2's 16 registers (four per sum): slice by slice (A's slice stays in L1), two weight rows' slices are
+ * decoded once into L1 buffers and then multiplied by A's rows, 4 at a time. */
 KBIT_TARGET_AVX2 void rows_buffered_avx2(const GemvProblem& p, int64_t m0, int64_t rows, int64_t first, int64_t last,
                                          float* lanes, float* sums) {
   const Planes t = table_planes_avx2(p.table);
   const int64_t slice = slice_length(rows, p.K, kGemvLanes);  // <= 4096 / rows floats, or K when A's rows fit
-  std::vector<float> w(static_cast<size_t>(slice));
+  std::vector<float> buffer(static_cast<size_t>(2 * slice));
+  const float* w[2] = {buffer.data(), buffer.data() + slice};
   for (int64_t k0 = 0; k0 < p.K; k0 += slice) {
     const int64_t k1 = k0 + slice < p.K ? k0 + slice : p.K, chunks = (k1 - k0) / kGemvLanes;
     const bool first_slice = k0 == 0, last_slice = k1 == p.K;
     const float* a = p.a + ((k0 / kGemvLanes) * p.M + m0) * kGemvLanes;
-    for (int64_t j = first; j < last; ++j) {
-      decode_chunks_avx2(p, t, j, k0, k1, w.data());
-      for (int64_t mm = 0; mm < rows;) {
-        const int64_t left = rows - mm, mt = left == 4 || left == 2 ? 2 : left >= 3 ? 3 : 1;
-        float* mine = lanes + ((j - first) * 8 + mm) * kGemvLanes;
-        const float* am = a + mm * kGemvLanes;
-        float tile[3];
-        if (mt == 3) {
-          dots_chunked_avx2<3>(w.data(), chunks, am, p.M * kGemvLanes, first_slice, last_slice, mine, tile);
-        } else if (mt == 2) {
-          dots_chunked_avx2<2>(w.data(), chunks, am, p.M * kGemvLanes, first_slice, last_slice, mine, tile);
-        } else {
-          dots_chunked_avx2<1>(w.data(), chunks, am, p.M * kGemvLanes, first_slice, last_slice, mine, tile);
-        }
-        if (last_slice)
-          for (int64_t m = 0; m < mt; ++m) sums[(m0 + mm + m) * p.N + j] = tile[m];
-        mm += mt;
+    for (int64_t j = first; j < last; j += 2) {
+      const int64_t pair = last - j >= 2 ? 2 : 1;
+      float tile[16];
+      float* mine = lanes + (j - first) * 8 * kGemvLanes;  // weight row j + r: lanes[((j - first + r) * 8 + m) * 32]
+      for (int64_t r = 0; r < pair; ++r) decode_chunks_avx2(p, t, j + r, k0, k1, buffer.data() + r * slice);
+      if (pair == 2) {
+        dots_rows_avx2<2>(w, chunks, a, p.M * kGemvLanes, rows, first_slice, last_slice, mine, tile);
+      } else {
+        dots_rows_avx2<1>(w, chunks, a, p.M * kGemvLanes, rows, first_slice, last_slice, mine, tile);
       }
+      if (last_slice)
+        for (int64_t r = 0; r < pair; ++r)
+          for (int64_t m = 0; m < rows; ++m) sums[(m0 + m) * p.N + j + r] = tile[r * 8 + m];
     }
   }
 }
