@@ -86,7 +86,10 @@ def weight_float32(packed: torch.Tensor, state: F.QuantState) -> torch.Tensor:
                                              # blocks of 2 and 4 chunks, sliced for 8 rows of A (AVX-512 unrolled
                                              # walks), and blocks of 8 chunks (the generic per-block walk)
                                              (9, 21, 1024, 64), (8, 19, 1024, 128), (1, 33, 256, 128),
-                                             (2, 7, 512, 256), (5, 3, 8192, 1024)])
+                                             (2, 7, 512, 256), (5, 3, 8192, 1024),
+                                             # AVX2: 8 rows through the decode buffer and 2 in registers, an odd
+                                             # weight row left after the buffer's pairs
+                                             (10, 9, 512, 64)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_results_follow_the_documented_order_bit_for_bit(quant_type, M, N, K, blocksize, dtype):
     g = torch.Generator().manual_seed(M * N + K)
@@ -221,7 +224,7 @@ def test_native_checks_back_up_the_python_ones():
 
 
 def _path_results() -> list[torch.Tensor]:
-    """gemv results covering every CPU code path: K a multiple of 32 (the fused AVX-512 tiles, every batch tile
+    """gemv results covering every CPU code path: K a multiple of 32 (the fused AVX-512 and AVX2 tiles, every batch tile
     shape from 1 to 11 rows, row counts that leave remainders) and not (the row-by-row copies), odd K (rows that
     start at an odd nibble), blocks spanning rows, a non-finite block, fp4, every dtype."""
     g = torch.Generator().manual_seed(11)
