@@ -10,8 +10,8 @@
  * rows over slices of K that keep A's slice in L1 (A is rearranged once per call so that each chunk of 32 of every
  * row is contiguous, in the register order of the lanes of that instruction set). AVX2 needs four registers per
  * sum, so from 3 rows of A on it decodes each weight row's slice once into an L1 buffer and multiplies 4 rows of A
- * by 2 weight rows over it, one lane register at a time. Every copy performs the same fused step per lane in the same order and the same lane tree, so all three
- * write identical bits. */
+ * by 2 weight rows over it, one lane register at a time. Every copy performs the same fused step per lane in the
+ * same order and the same lane tree, so all three write identical bits. */
 #include <vector>
 
 #include "common/args.h"
@@ -38,7 +38,41 @@ struct GemvProblem {
   const float* table;
   int64_t M, N, K;
   int32_t log2_bs;
+  uint8_t planes[4][16];  // the table's byte planes: planes[b][c] = byte b of table[c] (the AVX2 decode)
 };
+
+/* The table's byte planes, once per call (GemvProblem::planes). */
+void fill_byte_planes(const float* table, uint8_t (*planes)[16]) {
+  for (int c = 0; c < 16; ++c) {
+    uint32_t bits;
+    memcpy(&bits, table + c, 4);
+    for (int b = 0; b < 4; ++b) planes[b][c] = static_cast<uint8_t>(bits >> (8 * b));
+  }
+}
+
+/* Weight rows are taken kGroupRows at a time (gemv_chunked_*); a tile prefetches the rows one group ahead. */
+constexpr int64_t kGroupRows = 16;
+
+/* Where a fused tile starts (scalar, shared by the AVX-512 and AVX2 tiles): A's chunks are [chunk][row][32]
+ * (prepare_a), so A's rows m0.. at chunk k0 / 32 and a_step floats to the next chunk; weight row j0 + r at
+ * rows[r]; and `ahead`, the same bytes of the row kGroupRows rows on, fetched into L2 while this group is computed
+ * (the next group's tiles then start on cached rows instead of waiting for memory at every row and slice). */
+template <int NR>
+struct TileStart {
+  const float* a;
+  int64_t a_step, ahead;
+  const uint8_t* rows[NR];
+};
+
+template <int NR>
+KBIT_ALWAYS_INLINE TileStart<NR> tile_start(const GemvProblem& p, int64_t m0, int64_t j0, int64_t k0) {
+  TileStart<NR> s;
+  s.a = p.a + ((k0 / kGemvLanes) * p.M + m0) * kGemvLanes;
+  s.a_step = p.M * kGemvLanes;
+  s.ahead = kGroupRows * (p.K / 2);
+  for (int r = 0; r < NR; ++r) s.rows[r] = p.packed + (((j0 + r) * p.K) >> 1);
+  return s;
+}
 
 /* The weight row's segment [k, stop) inside block `block`: the flat index of its first element and the block. */
 struct Segment {
@@ -224,8 +258,6 @@ KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE __m512 block_values_avx512(const GemvProbl
   return scaled_values_avx512(values, p.absmax[f >> p.log2_bs]);
 }
 
-/* Weight rows are taken kGroupRows at a time (gemv_chunked_avx512); a tile prefetches the rows one group ahead. */
-constexpr int64_t kGroupRows = 16;
 
 /* blockwise4.h's lane tree (l + 16 into l, then + 8, + 4, + 2, + 1) on lanes held as even (lanes 0, 2, .., 30) and
  * odd (1, 3, .., 31) registers: every addition adds the same two lanes as the scalar tree, in vector registers. */
@@ -287,13 +319,10 @@ KBIT_TARGET_AVX512 void tile_chunked_avx512(const GemvProblem& p, int64_t m0, in
                                             bool first, bool last, float* lanes, float* sums) {
   const int64_t K = p.K;
   const __m512 values = _mm512_loadu_ps(p.table);
-  // the same bytes of the row kGroupRows rows on, fetched into L2 while this group is computed: the next group's
-  // tiles then start on cached rows instead of waiting for memory at every row (and, sliced, at every slice)
-  const int64_t ahead = kGroupRows * (K / 2);
-  const int64_t a_step = p.M * kGemvLanes;  // A's chunks are [chunk][row][32] (prepare_a)
-  const float* a = p.a + ((k0 / kGemvLanes) * p.M + m0) * kGemvLanes;
-  const uint8_t* rows[NR];
-  for (int r = 0; r < NR; ++r) rows[r] = p.packed + (((j0 + r) * K) >> 1);
+  TileStart<NR> start = tile_start<NR>(p, m0, j0, k0);
+  const float* a = start.a;
+  const int64_t a_step = start.a_step, ahead = start.ahead;
+  const uint8_t* const* rows = start.rows;
   __m512 acc[MT][NR][2];
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < NR; ++r)
@@ -425,22 +454,16 @@ void gemv_chunked_avx512(const GemvProblem& p, int64_t first, int64_t last, floa
  * unpacking put each value's four bytes back together. The result is table[c] exactly; times the block's absmax,
  * in float32, it is dequantize_4bit_value's product (a non-finite absmax is replaced by the canonical NaN, which
  * x86 multiplication passes on unchanged). The planes do not depend on the block, so they are built once per
- * tile. Register h = 0..3 of a chunk holds bytes j = 4h .. 4h + 3: its low lane their odd elements 2j + 1, its
- * high lane their even elements 2j; prepare_a stores A's chunks in this order too. */
+ * call (GemvProblem::planes). Register h = 0..3 of a chunk holds bytes j = 4h .. 4h + 3: its low lane their odd
+ * elements 2j + 1, its high lane their even elements 2j; prepare_a stores A's chunks in this order too. */
 struct Planes {
   __m256i b[4];
 };
 
-KBIT_TARGET_AVX2 KBIT_ALWAYS_INLINE Planes table_planes_avx2(const float* table) {
-  alignas(16) uint8_t bytes[4][16];
-  for (int c = 0; c < 16; ++c) {
-    uint32_t bits;
-    memcpy(&bits, table + c, 4);
-    for (int b = 0; b < 4; ++b) bytes[b][c] = static_cast<uint8_t>(bits >> (8 * b));
-  }
+KBIT_TARGET_AVX2 KBIT_ALWAYS_INLINE Planes table_planes_avx2(const GemvProblem& p) {
   Planes t;
   for (int b = 0; b < 4; ++b)
-    t.b[b] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes[b])));
+    t.b[b] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p.planes[b])));
   return t;
 }
 
@@ -496,12 +519,11 @@ template <int MT, int NR, int Seg>
 KBIT_TARGET_AVX2 void tile_chunked_avx2(const GemvProblem& p, int64_t m0, int64_t j0, int64_t k0, int64_t k1,
                                         bool first, bool last, float* lanes, float* sums) {
   const int64_t K = p.K;
-  const Planes t = table_planes_avx2(p.table);
-  const int64_t ahead = kGroupRows * (K / 2);
-  const int64_t a_step = p.M * kGemvLanes;
-  const float* a = p.a + ((k0 / kGemvLanes) * p.M + m0) * kGemvLanes;
-  const uint8_t* rows[NR];
-  for (int r = 0; r < NR; ++r) rows[r] = p.packed + (((j0 + r) * K) >> 1);
+  const Planes t = table_planes_avx2(p);
+  TileStart<NR> start = tile_start<NR>(p, m0, j0, k0);
+  const float* a = start.a;
+  const int64_t a_step = start.a_step, ahead = start.ahead;
+  const uint8_t* const* rows = start.rows;
   __m256 acc[MT][NR][4];
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < NR; ++r)
@@ -610,7 +632,7 @@ KBIT_TARGET_AVX2 void dots_rows_avx2(const float* const* w, int64_t chunks, cons
  * decoded once into L1 buffers and then multiplied by A's rows, 4 at a time. */
 KBIT_TARGET_AVX2 void rows_buffered_avx2(const GemvProblem& p, int64_t m0, int64_t rows, int64_t first, int64_t last,
                                          float* lanes, float* sums) {
-  const Planes t = table_planes_avx2(p.table);
+  const Planes t = table_planes_avx2(p);
   const int64_t slice = slice_length(rows, p.K, kGemvLanes);  // <= 4096 / rows floats, or K when A's rows fit
   std::vector<float> buffer(static_cast<size_t>(2 * slice));
   const float* w[2] = {buffer.data(), buffer.data() + slice};
@@ -749,7 +771,8 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
   const bool avx2_order = false;
 #endif
   const float* a = prepare_a(A, M, K, chunked, avx2_order, a_buffer);
-  const GemvProblem p{a, packed, absmax, table, M, N, K, log2_pow2(bs)};
+  GemvProblem p{a, packed, absmax, table, M, N, K, log2_pow2(bs), {}};
+  fill_byte_planes(table, p.planes);
   const RowKernels kernels = row_kernels();
   // work counted as multiply-adds (cheaper than a quantized element: the count errs towards starting threads)
   parallel_ranges(N, team_for(M * N * K, threads), [&](int64_t first, int64_t last) {
