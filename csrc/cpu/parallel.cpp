@@ -1,13 +1,17 @@
 /* parallel.cpp: the threads that run parallel.h's ranges (run_team).
  *
- * POSIX: a persistent team. Workers are started the first time a loop needs them and then wait for the next loop:
- * a worker that has just finished polls for a while (a model calls kbit once per layer, tens of microseconds
- * apart; see spin_until), then sleeps on its condition variable. Starting and joining a pthread per call cost more
- * than that: a 4096x4096 batch-1 gemv_4bit layer took 0.60 ms with a thread started per call and 0.51 ms with the
- * team (2 threads, a stack of layers larger than the last-level cache). One caller owns the team at a time; a second caller that finds it busy (two Python
- * threads in kbit at once: ctypes releases the GIL) starts threads for its own loop, as every loop did before.
- * After fork() the child has none of the parent's workers: an atfork handler forgets them, and the child's first
- * loop starts its own. Workers block every signal, so signals reach the threads that expect them.
+ * POSIX, torch loaded: torch's OpenMP team (host_openmp below). kbit's loops and torch's run on the same threads,
+ * so neither waits for a core the other's idle threads are polling on.
+ *
+ * POSIX, no OpenMP in the process: a persistent team. Workers are started the first time a loop needs them and
+ * then wait for the next loop: a worker that has just finished polls for a while (a model calls kbit once per
+ * layer, tens of microseconds apart; see spin_until), then sleeps on its condition variable. Starting and joining
+ * a pthread per call cost more than that: a 4096x4096 batch-1 gemv_4bit layer took 0.60 ms with a thread started
+ * per call and 0.51 ms with the team (2 threads, a stack of layers larger than the last-level cache). One caller
+ * owns the team at a time; a second caller that finds it busy (two Python threads in kbit at once: ctypes releases
+ * the GIL) starts threads for its own loop, as every loop did before. After fork() the child has none of the
+ * parent's threads (its OpenMP team's neither): an atfork handler forgets them, and the child's first loop starts
+ * a team of its own. Workers block every signal, so signals reach the threads that expect them.
  *
  * Windows: a thread per range per call (CreateThread), joined before run_team returns. */
 #include "cpu/parallel.h"
@@ -24,6 +28,7 @@
 #endif
 #include <windows.h>
 #else
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -310,16 +315,88 @@ class Team {
   std::vector<std::unique_ptr<Worker>> workers_;
 };
 
+// ------------------------------------------------------------------------------------------ torch's OpenMP team
+
+/* The OpenMP runtime torch runs its own loops on (torch loads its libgomp into the process's global scope, through
+ * libtorch_global_deps), found by its GNU entry points. When the process has one, kbit's ranges run on that team:
+ * the threads torch has just used are the ones that run kbit's next loop. With a team of its own, kbit's threads
+ * and torch's compete for the cores: libgomp's idle workers poll for a while after each torch loop (unless
+ * OMP_WAIT_POLICY=PASSIVE), and on 2 cores a gemv_4bit layer run right after a torch loop (attention, an
+ * elementwise op over 1M values) took twice as long (0.47 vs 0.25 ms, 4096x4096 nf4, batch 1). */
+using GompParallel = void (*)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
+using OmpQuery = int (*)();
+
+struct HostOpenMp {
+  GompParallel parallel = nullptr;
+  OmpQuery thread_num = nullptr;
+  OmpQuery num_threads = nullptr;
+};
+
+std::atomic<bool> g_host_openmp_off{false};  // set in a forked child: its parent's OpenMP team is not its own
+
+/* The process's OpenMP runtime, or null (none loaded yet: looked up again by the next loop). */
+const HostOpenMp* host_openmp() {
+  static HostOpenMp found;
+  static std::atomic<bool> have{false};
+  if (g_host_openmp_off.load(std::memory_order_relaxed)) return nullptr;
+  if (have.load(std::memory_order_acquire)) return &found;
+  HostOpenMp o;
+  o.parallel = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+  o.thread_num = reinterpret_cast<OmpQuery>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"));
+  o.num_threads = reinterpret_cast<OmpQuery>(dlsym(RTLD_DEFAULT, "omp_get_num_threads"));
+  if (!o.parallel || !o.thread_num || !o.num_threads) return nullptr;
+  static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&lock);
+  if (!have.load(std::memory_order_relaxed)) {
+    found = o;
+    have.store(true, std::memory_order_release);
+  }
+  pthread_mutex_unlock(&lock);
+  return &found;
+}
+
+struct OpenMpCall {
+  const HostOpenMp* omp;
+  RangeTask task;
+  const void* ranges;
+  size_t team;
+  RangeFailure* errors;
+};
+
+/* One OpenMP thread's share: ranges tid, tid + n, ... (n = the team the runtime gave, which may be smaller than
+ * asked for: inside another parallel region it is 1, and the calling thread runs every range). */
+void openmp_body(void* arg) {
+  const OpenMpCall& c = *static_cast<const OpenMpCall*>(arg);
+  const int n = c.omp->num_threads(), tid = c.omp->thread_num();
+  const size_t step = n > 0 ? static_cast<size_t>(n) : 1;
+  for (size_t i = tid > 0 ? static_cast<size_t>(tid) : 0; i < c.team; i += step)
+    run_guarded(c.task, c.ranges, i, c.errors);
+}
+
+bool run_on_host_openmp(size_t team, RangeTask task, const void* ranges, std::vector<RangeFailure>& errors) {
+  const HostOpenMp* omp = host_openmp();
+  if (omp == nullptr) return false;
+  OpenMpCall call{omp, task, ranges, team, errors.data()};
+  omp->parallel(&openmp_body, &call, static_cast<unsigned>(team), 0);
+  return true;
+}
+
 Team& the_team();
 
-void forget_team_after_fork() { the_team().forget_after_fork(); }
+/* In the child of fork(): neither the parent's workers nor its OpenMP team's threads exist there (libgomp's
+ * pool would wait for them), so the child's loops use a team of its own, started by its first loop. */
+void after_fork_in_child() {
+  g_host_openmp_off.store(true);
+  the_team().forget_after_fork();
+}
 
 Team& the_team() {
   static Team team;
-  static const bool registered = (pthread_atfork(nullptr, nullptr, &forget_team_after_fork), true);
-  (void)registered;
   return team;
 }
+
+/* Registered when the library is loaded, so that a child forked before kbit's first loop knows it is one. */
+const bool g_fork_handler_registered = (pthread_atfork(nullptr, nullptr, &after_fork_in_child) == 0);
 #endif
 
 }  // namespace
@@ -329,7 +406,8 @@ void run_team(size_t team, RangeTask task, const void* ranges) {
 #if defined(_WIN32)
   run_with_new_threads(team, task, ranges, errors);
 #else
-  if (!the_team().run(team, task, ranges, errors)) run_with_new_threads(team, task, ranges, errors);
+  if (!run_on_host_openmp(team, task, ranges, errors) && !the_team().run(team, task, ranges, errors))
+    run_with_new_threads(team, task, ranges, errors);
 #endif
   rethrow_first(errors);
 }

@@ -4,10 +4,11 @@
  * ranges of count/threads iterations, the first count%threads ranges one longer (the partition of OpenMP's
  * schedule(static)). The caller passes the thread count (torch.get_num_threads()); the calling thread runs
  * the first range. Every loop parallelised here has independent iterations, so the bits do not depend on the
- * thread count or on which thread ran which range. cpu/parallel.cpp owns the threads that run the other ranges
- * (a persistent team on POSIX, threads per call on Windows).
+ * thread count or on which thread ran which range. cpu/parallel.cpp owns the threads that run the other ranges:
+ * torch's own OpenMP team when the process has one (looked up, not linked), else a persistent team of the
+ * library's own on POSIX, threads per call on Windows.
  *
- * Why not OpenMP: libgomp.so.1 is not on every Linux (a minbase Debian has none) and is outside manylinux's
+ * Why not link OpenMP: libgomp.so.1 is not on every Linux (a minbase Debian has none) and is outside manylinux's
  * library whitelist, so the wheel would have to graft a second OpenMP runtime beside torch's own. Why not
  * std::thread: libstdc++ starts it through std::thread::_M_start_thread, GLIBCXX_3.4.22, newer than what
  * manylinux2014 allows (3.4.19); pthread_create is in every glibc. Windows uses its own threads (CreateThread). */

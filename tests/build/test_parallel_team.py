@@ -1,14 +1,18 @@
-"""The CPU library's own thread team (csrc/cpu/parallel.h, parallel.cpp) beside torch's OpenMP runtime.
+"""The threads that run the CPU library's loops (csrc/cpu/parallel.h, parallel.cpp) beside torch's OpenMP runtime.
 
-The library links no OpenMP (the portability tests check its DT_NEEDED); these tests show the pthread team it
-uses instead gives the same bits for any thread count, from several Python threads at once interleaved with
-torch's own parallel ops; that its workers persist (a call reuses them, and starts more only for a larger thread
-count); and that a forked child, which has none of the parent's workers, computes the same bits without hanging."""
+The library links no OpenMP (the portability tests check its DT_NEEDED). With torch loaded, its loops run on
+torch's own OpenMP team (found in the process, not linked); without one, on a pthread team of its own. These tests
+show the same bits for any thread count, from several Python threads at once interleaved with torch's own
+parallel ops; that the loops start no thread of their own when torch's team is there; that the threads persist
+(a call reuses them, and more start only for a larger thread count); and that a forked child, which has none of
+the parent's threads, computes the same bits without hanging."""
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -97,6 +101,35 @@ def test_the_team_grows_only_to_the_largest_thread_count_asked():
         assert _native_threads() == grown
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads through /proc")
+@pytest.mark.skipif(not torch.backends.openmp.is_available(), reason="this torch was built without OpenMP")
+def test_loops_run_on_torchs_openmp_team_and_start_no_thread_of_their_own():
+    """A fresh interpreter (no kbit threads from other tests): after a torch op has started torch's team of 6, kbit
+    calls at 6 threads add no thread, and give the bits of a single-threaded call."""
+    code = textwrap.dedent("""
+        import hashlib, os, torch
+        import kbit.functional as F
+        def threads(): return len(os.listdir("/proc/self/task"))
+        def digest(A):
+            packed, _ = F.quantize_4bit(A, blocksize=64, quant_type="nf4")
+            codes, _ = F.quantize_blockwise(A, blocksize=256)
+            return [hashlib.sha256(t.numpy().tobytes()).hexdigest() for t in (packed, codes)]
+        A = torch.randn(1 << 21, generator=torch.Generator().manual_seed(4))
+        torch.set_num_threads(1)
+        reference = digest(A)
+        torch.set_num_threads(6)
+        torch.exp(torch.randn(1 << 22))  # torch's OpenMP team: 5 workers beside this thread
+        before = threads()
+        same = all(digest(A) == reference for _ in range(3))
+        print(before, threads(), same)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before, after, same = done.stdout.split()
+    assert same == "True"
+    assert int(after) == int(before), f"kbit started {int(after) - int(before)} thread(s) beside torch's team"
 
 
 def _digests(outputs: tuple[torch.Tensor, ...]) -> list[str]:
