@@ -10,7 +10,10 @@ allocated by the call) with the `out=` form beside it where the function has one
  - gemv_4bit as a model runs it: one pass over a stack of distinct layers whose weights together exceed twice the
    last-level cache (a single weight called again and again is served from the cache and proves nothing),
    batch 1 and 8, fp32/fp16/bf16 activations, 4096x4096 and 11008x4096, nf4/fp4, blocksizes 64 and 128, each row
-   beside F.linear on the dense weight of the activation's dtype (a stack of its own of the same kind);
+   beside F.linear on the dense weight of the activation's dtype (a stack of its own of the same kind); and
+   nf4 bs 64 batch 1 (fp32, bf16) once more with a decode step's attention (torch's own parallel loop) run before
+   each layer, timing the layers only, against the same layers back to back: kbit's loops and torch's share
+   torch's threads, so a layer after a torch op must not wait for cores (csrc/cpu/parallel.cpp);
  - Linear4bit (nf4, bs 64, fp32 and bf16) at batches 1 to 512 beside the dense layer and dequantize_4bit +
    F.linear, on the same kind of stack;
  - one optimizer step of AdamW8bit and AdamW32bit, beside torch.optim.AdamW's step;
@@ -46,6 +49,8 @@ COPY_FRACTION = 0.80      # dequantize (bytes written, out= form) must reach thi
 QUANTIZE_GBPS = 2.0       # quantize_4bit and quantize_blockwise: GB/s of float32 input
 GEMV_SPEEDUP = 3.0        # gemv_4bit: at least this much faster than F.linear on the dense weight of A's dtype
 GEMV_READ_FACTOR = 1.5    # ... and within this factor of the time to read its packed weight at the read bandwidth
+BETWEEN = " (sdpa between)"  # a gemv_4bit row with torch's attention of a decode step run between its layers
+BETWEEN_FACTOR = 1.25     # ... whose gemv calls take at most this factor of the same layers called back to back
 CPU_GEMV_SHAPES = "4096x4096,11008x4096"  # out_features x in_features
 LINEAR_BATCHES = (1, 2, 4, 8, 16, 64, 512)
 FALLBACK_LLC = 32 << 20   # when sysfs does not say
@@ -89,6 +94,7 @@ class Op:
     baseline: str = ""
     per_call: int = 1  # calls of the op one fn() makes (a stack pass: its layers); times are per call
     macs: int = 0      # float32 multiply-adds per call (matrix products: their compute floor)
+    self_timed: bool = False  # fn() returns the seconds of its timed part (other work runs between its calls)
 
 
 def round_robin(ops: list[Op], repeats: int) -> list[Row]:
@@ -99,8 +105,8 @@ def round_robin(ops: list[Op], repeats: int) -> list[Row]:
     for _ in range(repeats):
         for op, bucket in zip(ops, times):
             start = time.perf_counter()
-            op.fn()
-            bucket.append((time.perf_counter() - start) / op.per_call)
+            spent = op.fn()
+            bucket.append((spent if op.self_timed else time.perf_counter() - start) / op.per_call)
     return [_row(op, bucket) for op, bucket in zip(ops, times)]
 
 
@@ -273,6 +279,28 @@ def _stack_pass(fns: list[Callable[[], object]]) -> Callable[[], object]:
     return run_all
 
 
+def _between(fns: list[Callable[[], object]], other: Callable[[], object]) -> Callable[[], float]:
+    """A stack pass with other() before each layer; returns the seconds spent in the layers only."""
+    def run_all() -> float:
+        spent = 0.0
+        for fn in fns:
+            other()
+            start = time.perf_counter()
+            fn()
+            spent += time.perf_counter() - start
+        return spent
+    return run_all
+
+
+def _decode_attention(torch, dtype) -> Callable[[], object]:
+    """What a decoder runs between two of its linear layers at batch 1: attention of one query over a 512-token
+    cache, 32 heads of 128 (torch's own parallel loop, on torch's OpenMP threads)."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 32, 1, 128, generator=gen).to(dtype)
+    kv = torch.randn(1, 32, 512, 128, generator=gen).to(dtype)
+    return lambda: torch.nn.functional.scaled_dot_product_attention(q, kv, kv)
+
+
 def _packed_stack(torch, F, W, blocksize: int, quant_type: str, stack_bytes: int):
     """Distinct copies of W quantized (one quantization, cloned), enough to exceed stack_bytes; and their bytes."""
     packed, state = F.quantize_4bit(W, blocksize=blocksize, quant_type=quant_type)
@@ -306,10 +334,14 @@ def gemv_ops(torch, shapes: list[tuple[int, int]], stack_bytes: int) -> list[Op]
                     for batch in (1, 8):
                         A = torch.randn(batch, k, generator=gen).to(dtype)
                         fns = [lambda p=p, s=s, A=A: F.gemv_4bit(A, p, s) for p, s in stack]
-                        ops.append(Op("kbit", f"gemv_4bit {name} {quant_type} bs {blocksize} {n_out}x{k} batch {batch}",
-                                      _stack_pass(fns), nbytes, "4-bit weight + absmax read", limit="read",
-                                      baseline=f"F.linear {name} dense {n_out}x{k} batch {batch}", per_call=len(stack),
-                                      macs=batch * n_out * k))
+                        row = f"gemv_4bit {name} {quant_type} bs {blocksize} {n_out}x{k} batch {batch}"
+                        ops.append(Op("kbit", row, _stack_pass(fns), nbytes, "4-bit weight + absmax read",
+                                      limit="read", baseline=f"F.linear {name} dense {n_out}x{k} batch {batch}",
+                                      per_call=len(stack), macs=batch * n_out * k))
+                        if batch == 1 and quant_type == "nf4" and blocksize == 64 and name != "fp16":
+                            ops.append(Op("kbit", row + BETWEEN, _between(fns, _decode_attention(torch, dtype)), nbytes,
+                                          "4-bit weight + absmax read", limit="read", baseline=row,
+                                          per_call=len(stack), macs=n_out * k, self_timed=True))
     return ops
 
 
@@ -389,7 +421,13 @@ def judge(rows: list[Row], read_gbps: float | None, copy_gbps: float | None) -> 
         if base:
             r.baseline_ms = base.median_ms
         ok = None
-        if r.operation.startswith("dequantize_4bit (nf4") and r.form == "user" and bnb_dequant:
+        if r.operation.endswith(BETWEEN):
+            plain = by_op.get(("kbit", r.baseline, "user"))
+            if plain:
+                r.baseline_ms = plain.median_ms
+                r.target = f"<= {BETWEEN_FACTOR:g}x back to back ({plain.median_ms:.3f} ms)"
+                ok = r.median_ms <= BETWEEN_FACTOR * plain.median_ms
+        elif r.operation.startswith("dequantize_4bit (nf4") and r.form == "user" and bnb_dequant:
             r.target, ok = f"<= {bnb_dequant.median_ms:.2f} ms (bitsandbytes, user form)", r.median_ms <= bnb_dequant.median_ms
         elif r.operation.startswith("dequantize") and r.form == "out=" and copy_gbps:
             goal = COPY_FRACTION * copy_gbps

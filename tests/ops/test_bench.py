@@ -32,8 +32,14 @@ def test_bench_reports_every_operation_with_positive_figures():
     limits = {r["operation"].split(" (")[0]: r for r in rows if r["library"] == "torch"}
     for name in ("sum", "copy_", "empty + first touch"):
         assert limits[name]["gbps"] > 0 and math.isfinite(limits[name]["gbps"]), name
-    gemv = [r for r in rows if r["operation"].startswith("gemv_4bit")]
+    gemv = [r for r in rows if r["operation"].startswith("gemv_4bit") and not r["operation"].endswith(" between)")]
     assert len(gemv) == 2 * 2 * 3 * 2  # nf4/fp4 x bs 64/128 x fp32/fp16/bf16 x batch 1/8
+    # nf4 bs 64 batch 1 (fp32, bf16) again with torch's attention between the layers, against back to back
+    between = {r["operation"]: r for r in rows if r["operation"].endswith(" (sdpa between)")}
+    assert set(between) == {f"gemv_4bit {d} nf4 bs 64 64x96 batch 1 (sdpa between)" for d in ("fp32", "bf16")}
+    for r in between.values():
+        assert r["baseline"] == r["operation"].removesuffix(" (sdpa between)") and r["baseline_ms"] > 0
+        assert 0 < r["median_ms"] and r["verdict"] in ("met", "MISSED") and "back to back" in r["target"]
     assert report["header"]["fp32_GMACps"] > 0
     for r in gemv:
         assert r["baseline"].startswith("F.linear") and r["baseline_ms"] > 0 and r["fraction"] > 0
