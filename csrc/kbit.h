@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes; the Python loader refuses any other value. */
-#define KBIT_ABI_VERSION 4
+#define KBIT_ABI_VERSION 5
 
 /* Every constant of this ABI is written here once. kbit._abi (python/kbit/_abi.py) holds the Python copy;
  * tests/runtime/test_abi.py parses this header and fails when the two differ (enums, defines, structs, prototypes). */
@@ -210,6 +210,18 @@ KBIT_API int kbit_int8_vectorwise_quant(int32_t dtype, const void* A, const uint
 KBIT_API int kbit_int8_mm_dequant(int32_t dtype, const int32_t* A, const float* row_stats, const float* col_stats,
                                   const void* bias, void* out, int64_t rows, int64_t cols, void* stream,
                                   int32_t num_threads);
+
+/* ---- the threads of the CPU loops (ABI 5) ----
+ * Which threads the library's next CPU loop runs on: *kind is a kbit_cpu_threads_kind; `where` (capacity bytes,
+ * NUL-terminated, truncated to fit; NULL only with capacity 0) gets the file of the OpenMP runtime for
+ * KBIT_THREADS_HOST_OPENMP and "" for the others. */
+typedef enum kbit_cpu_threads_kind {
+  KBIT_THREADS_HOST_OPENMP = 0, /* the process's OpenMP team (torch's), found by GOMP_parallel, not linked */
+  KBIT_THREADS_OWN_TEAM = 1,    /* the library's own pthread team: no OpenMP in the process, or a forked child */
+  KBIT_THREADS_PER_CALL = 2,    /* threads started per call (Windows) */
+  KBIT_THREADS_NONE = 3         /* no CPU loops (a CUDA library) */
+} kbit_cpu_threads_kind;
+KBIT_API int kbit_cpu_threads(int32_t* kind, char* where, int32_t capacity);
 
 #ifdef __cplusplus
 }

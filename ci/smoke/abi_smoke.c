@@ -87,9 +87,25 @@ int main(int argc, char** argv) {
     printf("cuda device_count status %d count %d\n", status, (int)count);
     expect(status == KBIT_ERR_NO_DRIVER && count == 0, "kbit_device_count reports KBIT_ERR_NO_DRIVER, count 0");
     expect(last_error()[0] != '\0', "the missing driver is explained by kbit_last_error");
+    __typeof__(&kbit_cpu_threads) cpu_threads = LOAD(lib, kbit_cpu_threads);
+    int32_t kind = -1;
+    expect(cpu_threads && cpu_threads(&kind, NULL, 0) == KBIT_OK && kind == KBIT_THREADS_NONE,
+           "kbit_cpu_threads: a CUDA library runs no CPU loops");
     printf("%s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;
   }
+
+  /* this program has no OpenMP runtime: the loops run on the library's own threads (per call on Windows) */
+  __typeof__(&kbit_cpu_threads) cpu_threads = LOAD(lib, kbit_cpu_threads);
+  int32_t kind = -1;
+  char where[64];
+  expect(cpu_threads && cpu_threads(&kind, where, (int32_t)sizeof where) == KBIT_OK && where[0] == '\0',
+         "kbit_cpu_threads answers, with no OpenMP runtime file");
+#if defined(_WIN32)
+  expect(kind == KBIT_THREADS_PER_CALL, "kbit_cpu_threads: threads per call on Windows");
+#else
+  expect(kind == KBIT_THREADS_OWN_TEAM, "kbit_cpu_threads: the library's own team without OpenMP in the process");
+#endif
 
   float* a = (float*)malloc(sizeof(float) * N);
   float* back = (float*)malloc(sizeof(float) * N);

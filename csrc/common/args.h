@@ -137,6 +137,15 @@ inline int check_int8_mm_dequant(int32_t dtype, const void* A, const void* row_s
 }
 
 /* The CPU library's launch arguments: no stream, and the thread count torch uses. */
+/* kbit_cpu_threads: a place for the kind, and a buffer with its size (or NULL and 0). */
+inline int check_cpu_threads(const int32_t* kind, const char* where, int32_t capacity) {
+  KBIT_CHECK(kind != nullptr, KBIT_ERR_INVALID_ARGUMENT, "kind is NULL");
+  KBIT_CHECK(capacity >= 0 && (where != nullptr || capacity == 0), KBIT_ERR_INVALID_ARGUMENT,
+             "where is NULL or capacity (%d) is negative; pass a buffer and its size, or NULL and 0",
+             static_cast<int>(capacity));
+  return KBIT_OK;
+}
+
 inline int check_host_launch(void* stream, int32_t threads) {
   KBIT_CHECK(stream == nullptr, KBIT_ERR_INVALID_ARGUMENT,
              "a stream was passed to the CPU library; CUDA tensors must go to a CUDA variant");

@@ -16,9 +16,12 @@
  * Windows: a thread per range per call (CreateThread), joined before run_team returns. */
 #include "cpu/parallel.h"
 
+#include "kbit.h"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <memory>
 
@@ -400,6 +403,21 @@ const bool g_fork_handler_registered = (pthread_atfork(nullptr, nullptr, &after_
 #endif
 
 }  // namespace
+
+int32_t cpu_threads_kind(char* where, size_t capacity) {
+  if (where != nullptr && capacity > 0) where[0] = '\0';
+#if defined(_WIN32)
+  return KBIT_THREADS_PER_CALL;
+#else
+  const HostOpenMp* omp = host_openmp();
+  if (omp == nullptr) return KBIT_THREADS_OWN_TEAM;
+  Dl_info info;
+  if (where != nullptr && capacity > 0 && dladdr(reinterpret_cast<void*>(omp->parallel), &info) != 0 &&
+      info.dli_fname != nullptr)
+    std::snprintf(where, capacity, "%s", info.dli_fname);
+  return KBIT_THREADS_HOST_OPENMP;
+#endif
+}
 
 void run_team(size_t team, RangeTask task, const void* ranges) {
   std::vector<RangeFailure> errors(team);

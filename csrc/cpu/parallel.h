@@ -47,6 +47,10 @@ using RangeTask = void (*)(const void* ranges, size_t index);
  * a std::exception with its text), after every range has finished (the ranges live in the caller's frame). */
 void run_team(size_t team, RangeTask task, const void* ranges);
 
+/* The kbit_cpu_threads_kind of the threads the next loop runs on (kbit.h); for torch's OpenMP team, the file of
+ * its runtime into where (capacity bytes, NUL-terminated, truncated), else "". */
+int32_t cpu_threads_kind(char* where, size_t capacity);
+
 /* How many of the caller's `threads` are worth using for `elements` elements of work. Waking a waiting worker
  * costs a few microseconds (starting a thread, when no team is waiting, about 10-30 us), some 4K elements of a
  * quantize round trip, so a thread is added only for every kMinElementsPerThread elements: small calls (an

@@ -1,4 +1,5 @@
-/* device.cu: device discovery and CUDA error evidence for CUDA variants. Never aborts: without a driver
+/* device.cu: device discovery and CUDA error evidence for CUDA variants (and kbit_cpu_threads: a CUDA library
+ * runs no CPU loops). Never aborts: without a driver
  * or a GPU, every entry point returns a status and a message that says which. */
 #include <cstdio>
 
@@ -41,6 +42,15 @@ extern "C" KBIT_API int kbit_device_count(int32_t* count) {
     int n = 0;
     KBIT_CUDA_CHECK(cudaGetDeviceCount(&n));
     *count = n;
+    return KBIT_OK;
+  });
+}
+
+extern "C" KBIT_API int kbit_cpu_threads(int32_t* kind, char* where, int32_t capacity) {
+  return kbit::guarded("kbit_cpu_threads", [&]() -> int {
+    if (const int st = kbit::check_cpu_threads(kind, where, capacity)) return st;
+    if (capacity > 0) where[0] = '\0';
+    *kind = KBIT_THREADS_NONE;  // CPU tensors are served by the CPU library
     return KBIT_OK;
   });
 }

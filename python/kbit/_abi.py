@@ -14,7 +14,7 @@ import ctypes
 
 from kbit import _errors
 
-ABI_VERSION = 4  # KBIT_ABI_VERSION
+ABI_VERSION = 5  # KBIT_ABI_VERSION
 
 # kbit_status
 OK, ERR_INVALID_ARGUMENT, ERR_NO_DRIVER, ERR_NO_DEVICE, ERR_NO_KERNEL_IMAGE, ERR_CUDA, ERR_INTERNAL = range(7)
@@ -34,6 +34,9 @@ BLOCKSIZE_8BIT_MIN, BLOCKSIZE_8BIT_MAX = 64, 4096
 BLOCKSIZE_8BIT_MAX_CPU = 16384  # the CPU library's _map functions
 BLOCKSIZE_4BIT_MIN, BLOCKSIZE_4BIT_MAX = 32, 4096
 OPTIM_BLOCKSIZE = 256
+
+# kbit_cpu_threads_kind: which threads run the CPU loops (kbit_cpu_threads)
+THREADS_HOST_OPENMP, THREADS_OWN_TEAM, THREADS_PER_CALL, THREADS_NONE = range(4)
 
 # kbit_optimizer (bitsandbytes' Optimizer_t numbering)
 OPTIM_ADAM, OPTIM_MOMENTUM, OPTIM_RMSPROP, OPTIM_ADAGRAD, OPTIM_LION, OPTIM_ADEMAMIX = 0, 1, 2, 4, 5, 6
@@ -59,7 +62,8 @@ _c_int, _i32, _i64, _vp = ctypes.c_int, ctypes.c_int32, ctypes.c_int64, ctypes.c
 _f32p, _u8p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_uint8)
 _params = ctypes.POINTER(OptimParams)
 # Pointer parameters are declared c_void_p (tensors pass their data_ptr()), except where Python passes a
-# ctypes object: kbit_device_count's count, kbit_code_map's out, the optimizer params, kbit_managed_alloc's out.
+# ctypes object: kbit_device_count's count, kbit_code_map's out, the optimizer params, kbit_managed_alloc's out,
+# kbit_cpu_threads' kind and buffer.
 PROTOTYPES: dict[str, tuple[type, tuple]] = {
     "kbit_abi_version": (_i32, ()),
     "kbit_build_info": (ctypes.c_char_p, ()),
@@ -80,6 +84,7 @@ PROTOTYPES: dict[str, tuple[type, tuple]] = {
     "kbit_dequantize_blockwise_8bit_map": (_c_int, (_i32, _vp, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
     "kbit_int8_vectorwise_quant": (_c_int, (_i32, _vp, _vp, ctypes.c_float, _vp, _vp, _i64, _i64, _vp, _i32)),
     "kbit_int8_mm_dequant": (_c_int, (_i32, _vp, _vp, _vp, _vp, _vp, _i64, _i64, _vp, _i32)),
+    "kbit_cpu_threads": (_c_int, (ctypes.POINTER(_i32), ctypes.c_char_p, _i32)),
 }
 
 STATUS_ERRORS = {

@@ -6,16 +6,17 @@ This module owns the checks; they are plain functions of a kbit._report.Report i
 another CUDA version than torch's, a GPU arch the build does not cover, a driver too old, no driver with a
 CUDA torch, a CPU-only torch on a GPU machine, a bad BNB_CUDA_VERSION, a glibc too old for the wheel, a
 library that does not load (missing, truncated, foreign, missing runtime DLLs), a stale import after an
-upgrade in a running notebook, another quantization package in the same environment, and a GPU reached only
-through PTX JIT. A finding is an `error` (kbit cannot do what this machine needs: non-zero exit code),
-a `warning` (kbit works, but something is likely wrong) or `info`. The checks read typed values only (the
+upgrade in a running notebook, another quantization package in the same environment, kbit's CPU loops on
+threads apart from torch's OpenMP team, and a GPU reached only through PTX JIT. A finding is an `error` (kbit
+cannot do what this machine needs: non-zero exit code), a `warning` (kbit works, but something is likely wrong)
+or `info`. The checks read typed values only (the
 decision's Problem and Coverage, the errors' classes, evidence and fix); they never parse a message.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kbit import _binfile, _errors, _policy
+from kbit import _abi, _binfile, _errors, _policy
 from kbit._facts import cuda_version_text
 
 
@@ -192,6 +193,22 @@ def check_conflicting_packages(report) -> list[Finding]:
                     "(python -m venv .venv-kbit) for kbit")]
 
 
+def check_cpu_threads(report) -> list[Finding]:
+    """kbit's CPU loops on a team of their own while torch has OpenMP: the two teams compete for the cores (torch's
+    idle workers poll after each of its loops), and a kbit call right after a torch op can take twice as long."""
+    cpu = report.load("cpu")
+    t = cpu.threads if cpu is not None and cpu.ok else None
+    if t is None or t.kind != _abi.THREADS_OWN_TEAM or not t.torch_openmp or t.count < 2:
+        return []
+    return [Finding("cpu_threads_apart", "warning", "kbit's CPU loops do not run on torch's OpenMP threads",
+                    f"kbit_cpu_threads: kbit's own team; torch.backends.openmp.is_available() is True; "
+                    f"{t.count} threads",
+                    "kbit runs its loops on torch's OpenMP team when torch's runtime is in the process's global "
+                    "scope (import torch puts it there); here it is not (a process that loaded torch's libraries "
+                    "another way, or a forked child). Start the process with OMP_WAIT_POLICY=PASSIVE so that "
+                    "torch's idle threads do not hold the cores kbit's loops need")]
+
+
 def check_ptx_path(report) -> list[Finding]:
     d = report.decision
     if d is None or d.variant is None:
@@ -217,4 +234,4 @@ def check_toolkit_environment(report) -> list[Finding]:
 
 CHECKS = (check_override, check_stale_import, check_decision, check_override_contradictions, check_glibc,
           check_loads, check_cuda_library_devices, check_cpu_torch_with_gpu, check_no_gpu, check_self_tests,
-          check_conflicting_packages, check_ptx_path, check_toolkit_environment)
+          check_conflicting_packages, check_cpu_threads, check_ptx_path, check_toolkit_environment)

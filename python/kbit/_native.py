@@ -95,8 +95,10 @@ class NativeLibrary:
             raise cls(function, status, detail, fix)
 
 
-def _declare(handle: ctypes.CDLL, path: Path) -> None:
+def _declare(handle: ctypes.CDLL, path: Path, names=None) -> None:
     for name, (restype, argtypes) in _PROTOTYPES.items():
+        if names is not None and name not in names:
+            continue
         try:
             fn = getattr(handle, name)
         except AttributeError:
@@ -122,13 +124,14 @@ def load_library(path: Path, manifest: dict | None = None) -> NativeLibrary:
         handle = platform.load(path)
     except OSError as exc:
         raise _load_refused(path, exc) from exc
-    _declare(handle, path)
+    _declare(handle, path, names=("kbit_abi_version",))  # first: a library of another version lacks newer functions
     found = handle.kbit_abi_version()
     if found != ABI_VERSION:
         raise _errors.AbiMismatchError(
             f"{path} speaks kbit ABI {found}, but the kbit Python package loaded in this process speaks ABI "
             f"{ABI_VERSION}.", fix="if kbit was upgraded inside a running notebook or process, restart it; "
             "otherwise reinstall kbit so that its Python files and libraries come from one version")
+    _declare(handle, path)
     info = json.loads(handle.kbit_build_info().decode("utf-8"))
     if manifest is not None and info != manifest:
         raise _errors.LibraryLoadError(
@@ -172,6 +175,14 @@ def library(variant: str) -> NativeLibrary:
 def loaded() -> dict[str, NativeLibrary]:
     """The libraries loaded so far, by variant (for diagnostics)."""
     return dict(_loaded)
+
+
+def cpu_threads(lib: NativeLibrary) -> tuple[int, str]:
+    """kbit_cpu_threads: which threads run lib's CPU loops (a kbit_cpu_threads_kind) and, for the process's
+    OpenMP team, the file of its runtime."""
+    kind, where = ctypes.c_int32(-1), ctypes.create_string_buffer(4096)
+    lib.call("kbit_cpu_threads", ctypes.byref(kind), where, len(where))
+    return kind.value, where.value.decode("utf-8", "replace")
 
 
 def cpu() -> NativeLibrary:

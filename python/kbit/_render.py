@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from kbit import _diagnose, _policy
+from kbit import _abi, _diagnose, _policy
 from kbit._facts import cuda_version_text
 
 
@@ -60,6 +60,18 @@ def _decision_lines(report) -> list[str]:
     return lines
 
 
+def threads_text(t) -> str:
+    """kbit_cpu_threads' answer in words (a kbit._report.CpuThreads)."""
+    size = f"{t.count} thread{'s' if t.count != 1 else ''} (torch.get_num_threads())"
+    if t.kind == _abi.THREADS_HOST_OPENMP:
+        return f"torch's OpenMP team ({t.where or 'runtime file unknown'}), {size}"
+    if t.kind == _abi.THREADS_OWN_TEAM:
+        return f"kbit's own thread team (no OpenMP runtime found in this process), {size}"
+    if t.kind == _abi.THREADS_PER_CALL:
+        return f"threads started per call, {size}"
+    return f"no CPU threads (kind {t.kind})"
+
+
 def _load_lines(report) -> list[str]:
     lines = ["load:"]
     for r in report.loads:
@@ -68,6 +80,8 @@ def _load_lines(report) -> list[str]:
             continue
         info = r.build_info or {}
         lines.append(f"  {r.variant}: ok {r.path} (abi {info.get('abi')}, {info.get('compiler')}, commit {info.get('commit')})")
+        if r.threads is not None:
+            lines.append(f"  {r.variant}: loops run on {threads_text(r.threads)}")
         if r.device_status is not None:
             said = f"{r.device_count} device(s)" if r.device_status == 0 else f"status {r.device_status}: {r.device_detail}"
             lines.append(f"  {r.variant}: kbit_device_count: {said}")

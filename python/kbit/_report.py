@@ -34,6 +34,17 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True)
+class CpuThreads:
+    """What kbit_cpu_threads said: the kind (kbit._abi.THREADS_*), the OpenMP runtime's file for the host's team,
+    torch's thread count (the team size a loop asks for) and whether this torch has OpenMP at all."""
+
+    kind: int
+    where: str
+    count: int
+    torch_openmp: bool
+
+
+@dataclass(frozen=True)
 class LoadResult:
     """Loading one variant's library: its path and build info, or the typed error; for a CUDA library also
     what kbit_device_count said (status 0 and a count, or the library's own "no driver" text)."""
@@ -45,6 +56,7 @@ class LoadResult:
     device_status: int | None = None
     device_count: int | None = None
     device_detail: str = ""
+    threads: CpuThreads | None = None  # the CPU library's: which threads run its loops
 
     @property
     def ok(self) -> bool:
@@ -152,12 +164,22 @@ def _load(variant: str) -> LoadResult:
     except _errors.KbitError as exc:
         return LoadResult(variant, str(path) if path else None, ErrorInfo.of(exc))
     if variant == "cpu":
-        return LoadResult(variant, str(lib.path), build_info=lib.build_info)
+        return LoadResult(variant, str(lib.path), build_info=lib.build_info, threads=_cpu_threads(lib))
     count = ctypes.c_int32(-1)
     status = lib.handle.kbit_device_count(ctypes.byref(count))
     detail = lib.handle.kbit_last_error().decode("utf-8", "replace") if status else ""
     return LoadResult(variant, str(lib.path), build_info=lib.build_info, device_status=status,
                       device_count=count.value, device_detail=detail)
+
+
+def _cpu_threads(lib) -> CpuThreads | None:
+    import torch
+
+    try:
+        kind, where = _native.cpu_threads(lib)
+    except _errors.KbitError:
+        return None
+    return CpuThreads(kind, where, torch.get_num_threads(), torch.backends.openmp.is_available())
 
 
 # ---------------------------------------------------------------------------------------------- self-test

@@ -86,8 +86,11 @@ status = lib.kbit_device_count(ctypes.byref(count))
 first = lib.kbit_last_error().decode()
 buf = (ctypes.c_float * 64)(); out = (ctypes.c_uint8 * 64)(); absmax = (ctypes.c_float * 1)()
 q = lib.kbit_quantize_blockwise_8bit(0, buf, absmax, out, ctypes.c_int64(64), 64, None, 1)
+q_error = lib.kbit_last_error().decode()
+kind, where = ctypes.c_int32(-1), ctypes.create_string_buffer(8)
+threads = lib.kbit_cpu_threads(ctypes.byref(kind), where, 8)
 print(json.dumps({"abi": lib.kbit_abi_version(), "status": status, "count": count.value, "error": first,
-                  "quantize": q, "quantize_error": lib.kbit_last_error().decode()}))
+                  "quantize": q, "quantize_error": q_error, "threads": [threads, kind.value, where.value.decode()]}))
 """
 
 
@@ -96,6 +99,7 @@ def test_it_loads_and_reports_no_driver_without_crashing(sm80_build):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["abi"] == _abi.ABI_VERSION
+    assert report["threads"] == [_abi.OK, _abi.THREADS_NONE, ""]  # a CUDA library runs no CPU loops
     if report["status"] == _abi.OK:  # a driver answered: the count is the GPUs it sees
         assert report["count"] >= 0
         pytest.skip("this machine has a GPU driver; the no-driver path cannot be observed")
