@@ -136,7 +136,6 @@ inline int check_int8_mm_dequant(int32_t dtype, const void* A, const void* row_s
   return KBIT_OK;
 }
 
-/* The CPU library's launch arguments: no stream, and the thread count torch uses. */
 /* kbit_cpu_threads: a place for the kind, and a buffer with its size (or NULL and 0). */
 inline int check_cpu_threads(const int32_t* kind, const char* where, int32_t capacity) {
   KBIT_CHECK(kind != nullptr, KBIT_ERR_INVALID_ARGUMENT, "kind is NULL");
@@ -146,6 +145,7 @@ inline int check_cpu_threads(const int32_t* kind, const char* where, int32_t cap
   return KBIT_OK;
 }
 
+/* The CPU library's launch arguments: no stream, and the thread count torch uses. */
 inline int check_host_launch(void* stream, int32_t threads) {
   KBIT_CHECK(stream == nullptr, KBIT_ERR_INVALID_ARGUMENT,
              "a stream was passed to the CPU library; CUDA tensors must go to a CUDA variant");

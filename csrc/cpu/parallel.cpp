@@ -21,7 +21,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <exception>
 #include <memory>
 
@@ -325,7 +324,7 @@ class Team {
  * the threads torch has just used are the ones that run kbit's next loop. With a team of its own, kbit's threads
  * and torch's compete for the cores: libgomp's idle workers poll for a while after each torch loop (unless
  * OMP_WAIT_POLICY=PASSIVE), and on 2 cores a gemv_4bit layer run right after a torch loop (attention, an
- * elementwise op over 1M values) took twice as long (0.47 vs 0.25 ms, 4096x4096 nf4, batch 1). */
+ * elementwise op over 1M values) took twice as long (0.47 vs 0.23 ms, 4096x4096 nf4, batch 1). */
 using GompParallel = void (*)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
 using OmpQuery = int (*)();
 
@@ -337,24 +336,20 @@ struct HostOpenMp {
 
 std::atomic<bool> g_host_openmp_off{false};  // set in a forked child: its parent's OpenMP team is not its own
 
-/* The process's OpenMP runtime, or null (none loaded yet: looked up again by the next loop). */
-const HostOpenMp* host_openmp() {
-  static HostOpenMp found;
-  static std::atomic<bool> have{false};
-  if (g_host_openmp_off.load(std::memory_order_relaxed)) return nullptr;
-  if (have.load(std::memory_order_acquire)) return &found;
+HostOpenMp find_host_openmp() {
   HostOpenMp o;
   o.parallel = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
   o.thread_num = reinterpret_cast<OmpQuery>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"));
   o.num_threads = reinterpret_cast<OmpQuery>(dlsym(RTLD_DEFAULT, "omp_get_num_threads"));
-  if (!o.parallel || !o.thread_num || !o.num_threads) return nullptr;
-  static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-  pthread_mutex_lock(&lock);
-  if (!have.load(std::memory_order_relaxed)) {
-    found = o;
-    have.store(true, std::memory_order_release);
-  }
-  pthread_mutex_unlock(&lock);
+  if (!o.parallel || !o.thread_num || !o.num_threads) o = HostOpenMp{};
+  return o;
+}
+
+/* The process's OpenMP runtime, or null. Looked up once, at the first loop: kbit's Python imports torch before it
+ * loads the library, so torch's runtime is there by then (a process without one pays no lookup per loop). */
+const HostOpenMp* host_openmp() {
+  static const HostOpenMp found = find_host_openmp();
+  if (g_host_openmp_off.load(std::memory_order_relaxed) || found.parallel == nullptr) return nullptr;
   return &found;
 }
 
