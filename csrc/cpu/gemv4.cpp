@@ -12,6 +12,8 @@
  * sum, so from 3 rows of A on it decodes each weight row's slice once into an L1 buffer and multiplies 4 rows of A
  * by 2 weight rows over it, one lane register at a time. Every copy performs the same fused step per lane in the
  * same order and the same lane tree, so all three write identical bits. */
+#include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "common/args.h"
@@ -39,6 +41,24 @@ struct GemvProblem {
   int64_t M, N, K;
   int32_t log2_bs;
   uint8_t planes[4][16];  // the table's byte planes: planes[b][c] = byte b of table[c] (the AVX2 decode)
+};
+
+/* A float buffer whose data() starts on a 64-byte cache line. std::vector's memory is only 16-byte aligned (and a
+ * large block sits 16 bytes into its pages), so every second 32-byte load from it would span two cache lines: the
+ * rearranged A, the decode buffer and the lanes are read that way in every inner loop. */
+class LineBuffer {
+ public:
+  explicit LineBuffer(size_t n = 0) { resize(n); }
+  void resize(size_t n) { storage_.resize(n + kPad); }
+  float* data() {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(storage_.data());
+    return storage_.data() + ((kLine - at % kLine) % kLine) / sizeof(float);
+  }
+
+ private:
+  static constexpr uintptr_t kLine = 64;
+  static constexpr size_t kPad = kLine / sizeof(float);
+  std::vector<float> storage_;
 };
 
 /* The table's byte planes, once per call (GemvProblem::planes). */
@@ -426,7 +446,7 @@ void rows_chunked(const GemvProblem& p, int64_t m0, int64_t first, int64_t last,
  * for each group A's rows 8 at a time, then the rest in one tile (the group's packed rows stay in cache between
  * these passes, so the weight is read from memory once); the tile shapes keep 8 to 16 sums in registers. */
 void gemv_chunked_avx512(const GemvProblem& p, int64_t first, int64_t last, float* sums) {
-  std::vector<float> lanes(static_cast<size_t>(kGroupRows * 8 * kGemvLanes));
+  LineBuffer lanes(static_cast<size_t>(kGroupRows * 8 * kGemvLanes));
   float* l = lanes.data();
   for (int64_t g = first; g < last; g += kGroupRows) {
     const int64_t end = g + kGroupRows < last ? g + kGroupRows : last;
@@ -634,7 +654,7 @@ KBIT_TARGET_AVX2 void rows_buffered_avx2(const GemvProblem& p, int64_t m0, int64
                                          float* lanes, float* sums) {
   const Planes t = table_planes_avx2(p);
   const int64_t slice = slice_length(rows, p.K, kGemvLanes);  // <= 4096 / rows floats, or K when A's rows fit
-  std::vector<float> buffer(static_cast<size_t>(2 * slice));
+  LineBuffer buffer(static_cast<size_t>(2 * slice));
   const float* w[2] = {buffer.data(), buffer.data() + slice};
   for (int64_t k0 = 0; k0 < p.K; k0 += slice) {
     const int64_t k1 = k0 + slice < p.K ? k0 + slice : p.K, chunks = (k1 - k0) / kGemvLanes;
@@ -665,7 +685,7 @@ constexpr int64_t kBufferedRows = 3;
 /* gemv_chunked_avx512's job with the AVX2 tiles: A's rows 8 at a time through the decode buffer, and a rest of 1
  * or 2 rows in an in-register tile. */
 void gemv_chunked_avx2(const GemvProblem& p, int64_t first, int64_t last, float* sums) {
-  std::vector<float> lanes(static_cast<size_t>(kGroupRows * 8 * kGemvLanes));
+  LineBuffer lanes(static_cast<size_t>(kGroupRows * 8 * kGemvLanes));
   float* l = lanes.data();
   for (int64_t g = first; g < last; g += kGroupRows) {
     const int64_t end = g + kGroupRows < last ? g + kGroupRows : last;
@@ -720,7 +740,7 @@ bool use_chunked(int64_t K) {
  * when nothing changes. */
 template <class T>
 const float* prepare_a(const T* A, int64_t M, int64_t K, bool chunked, bool avx2_order,
-                       std::vector<float>& buffer) {
+                       LineBuffer& buffer) {
   if (!chunked && sizeof(T) == sizeof(float)) return reinterpret_cast<const float*>(A);
   buffer.resize(static_cast<size_t>(M * K));
   float* a = buffer.data();
@@ -764,7 +784,8 @@ template <class T>
 void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias, T* out, int64_t M, int64_t N,
           int64_t K, int32_t bs, const float* table, int32_t threads) {
   const bool chunked = use_chunked(K);
-  std::vector<float> a_buffer, sums(static_cast<size_t>(chunked ? M * N : 0));
+  LineBuffer a_buffer;
+  std::vector<float> sums(static_cast<size_t>(chunked ? M * N : 0));
 #if KBIT_X86_DISPATCH
   const bool avx2_order = chunked && !use_avx512();
 #else
@@ -787,7 +808,8 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
       return;
     }
 #endif
-    std::vector<float> w(static_cast<size_t>(p.K > 0 ? p.K : 1)), row_sums(static_cast<size_t>(p.M));
+    LineBuffer w(static_cast<size_t>(p.K > 0 ? p.K : 1));
+    std::vector<float> row_sums(static_cast<size_t>(p.M));
     for (int64_t j = first; j < last; ++j) {
       kernels.decode(p.packed, p.absmax, j, p.K, p.log2_bs, p.table, w.data());
       kernels.dots(p.a, p.M, p.K, w.data(), row_sums.data());
