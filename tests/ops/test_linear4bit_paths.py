@@ -32,8 +32,10 @@ def test_small_batches_are_gemv_bit_for_bit(dtype, nested):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(5, 256), (3, 40, 256), (300, 256)])
-def test_large_batches_match_dequantize_then_linear(monkeypatch, dtype, shape):
+@pytest.mark.parametrize("native", [True, False], ids=["half-matmul", "float32-matmul"])
+def test_large_batches_match_dequantize_then_linear(monkeypatch, dtype, shape, native):
     monkeypatch.setattr(_matmul4, "TILE_BYTES", 64 * 256 * 2)  # several tiles, the last one partial
+    monkeypatch.setattr(_matmul4, "_NATIVE_HALF", {torch.float16: native, torch.bfloat16: native})
     layer = Linear4bit(256, 200, blocksize=128, quant_type="fp4")
     x = torch.randn(shape).to(dtype)
     expected = torch.nn.functional.linear(x, dense_weight(layer, dtype), layer.bias.to(dtype))
@@ -41,6 +43,39 @@ def test_large_batches_match_dequantize_then_linear(monkeypatch, dtype, shape):
     assert got.shape == (*shape[:-1], 200) and got.dtype == dtype
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     assert torch.allclose(got, expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize(("dtype", "device", "native", "expected"), [
+    (torch.float32, "cpu", False, torch.float32),
+    (torch.float32, "cpu", True, torch.float32),
+    (torch.bfloat16, "cpu", False, torch.float32),  # emulated bf16 matmul: widen, multiply, round once
+    (torch.bfloat16, "cpu", True, torch.bfloat16),  # AVX512-BF16 / AMX: torch's own bf16 matmul
+    (torch.float16, "cpu", False, torch.float32),
+    (torch.float16, "cpu", True, torch.float16),
+    (torch.bfloat16, "cuda", False, torch.bfloat16),  # a GPU multiplies halves natively
+    (torch.float16, "cuda", False, torch.float16),
+], ids=str)
+def test_matmul_dtype_table(dtype, device, native, expected):
+    assert _matmul4.matmul_dtype(dtype, device, native) == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("native", [True, False], ids=["half-matmul", "float32-matmul"])
+def test_half_input_gradient_rounds_once(monkeypatch, dtype, native):
+    monkeypatch.setattr(_matmul4, "TILE_BYTES", 32 * 128 * 4)  # several tiles
+    monkeypatch.setattr(_matmul4, "_NATIVE_HALF", {torch.float16: native, torch.bfloat16: native})
+    layer = Linear4bit(128, 96, compute_dtype=dtype)
+    x = torch.randn(64, 128).to(dtype).requires_grad_(True)
+    grad = torch.randn(64, 96).to(dtype)
+    layer(x).backward(grad)
+    exact = grad.double() @ dense_weight(layer, dtype).double()
+    assert x.grad.dtype == dtype
+    if not native:  # float32 sums of the rounded weights (tile by tile), rounded to the dtype once: within 1 ulp
+        once = (grad.float() @ dense_weight(layer, dtype).float()).to(dtype)
+        ulp = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
+        assert torch.allclose(x.grad.float(), once.float(), atol=1e-6, rtol=ulp)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    assert torch.allclose(x.grad.double(), exact, atol=tol * 8, rtol=tol)
 
 
 def test_tiles_start_on_block_boundaries():
