@@ -15,7 +15,8 @@ allocated by the call) with the `out=` form beside it where the function has one
    each layer, timing the layers only, against the same layers back to back: kbit's loops and torch's share
    torch's threads, so a layer after a torch op must not wait for cores (csrc/cpu/parallel.cpp);
  - Linear4bit (nf4, bs 64, fp32 and bf16) at batches 1 to 512 beside the dense layer and dequantize_4bit +
-   F.linear, on the same kind of stack;
+   F.linear, on the same kind of stack; and its input gradient (the backward pass QLoRA runs through it) beside
+   the dense layer's grad @ W and grad @ dequantize_4bit(W);
  - one optimizer step of AdamW8bit and AdamW32bit, beside torch.optim.AdamW's step;
  - Linear8bitLt's forward at batch 1 and 32 beside the dense nn.Linear of the same weight (linear8bit_ops);
  - bitsandbytes' versions of quantize / dequantize / AdamW8bit when it is importable.
@@ -388,7 +389,33 @@ def linear4bit_ops(torch, shape: tuple[int, int], stack_bytes: int, batches=LINE
                         "4-bit weight + absmax read", limit="read", baseline=f"nn.Linear {label} (dense)",
                         per_call=len(layers), macs=batch * n_out * k)]
             groups.append(group)
+            groups.append(_grad_input_group(torch, F, label, layers, denses, batch, gen, dtype))
     return groups
+
+
+def _grad_input_group(torch, F, label: str, layers, denses, batch: int, gen, dtype) -> list[Op]:
+    """The backward pass of the same stacks with respect to the input (QLoRA trains adapters through it): what
+    autograd runs for Linear4bit (kbit::linear_4bit_grad_input, dequantized tiles + torch's matmul), beside the
+    dense layer's grad @ W and grad @ dequantize_4bit(W)."""
+    from kbit import _quant4
+
+    n_out, k = layers[0].out_features, layers[0].in_features
+    g = torch.randn(batch, n_out, generator=gen).to(dtype)
+    qbytes = layers[0].weight.numel() + layers[0].quant_state.absmax.numel() * 4
+    dense_name = f"grad @ W {label} (dense input gradient)"
+    grad_input = torch.ops.kbit.linear_4bit_grad_input
+    return [Op("torch", dense_name, _stack_pass([lambda d=d: torch.mm(g, d.weight) for d in denses]),
+               n_out * k * dtype.itemsize, "dense weight read", limit="read", per_call=len(denses)),
+            Op("kbit", f"dequantize_4bit + grad @ W {label}",
+               _stack_pass([lambda q=q: torch.mm(g, F.dequantize_4bit(q.weight, q.quant_state).to(dtype))
+                            for q in layers]),
+               qbytes, "4-bit weight + absmax read", limit="read", baseline=dense_name, per_call=len(layers)),
+            Op("kbit", f"Linear4bit input gradient {label}",
+               _stack_pass([lambda q=q: grad_input(g, q.weight, *_quant4.absmax_parts(q.quant_state), k,
+                                                   q.quant_state.blocksize, q.quant_state.quant_type)
+                            for q in layers]),
+               qbytes, "4-bit weight + absmax read", limit="read", baseline=dense_name, per_call=len(layers),
+               macs=batch * n_out * k)]
 
 
 # ------------------------------------------------------------------------------------------ verdicts and table
@@ -448,6 +475,12 @@ def judge(rows: list[Row], read_gbps: float | None, copy_gbps: float | None) -> 
             r.target = (f">= {GEMV_SPEEDUP:g}x dense (is {speedup:.2f}x), >= {1 / GEMV_READ_FACTOR:.0%} of read "
                         f"(is {of_read:.0%})")
             ok = speedup >= GEMV_SPEEDUP and of_read >= 1 / GEMV_READ_FACTOR
+        elif r.operation.startswith("Linear4bit input gradient") and base:
+            deq = by_op.get(("kbit", r.operation.replace("Linear4bit input gradient", "dequantize_4bit + grad @ W"),
+                             "user"))
+            if deq:
+                r.target = f"<= dequantize + grad @ W ({deq.median_ms:.2f} ms); {base.median_ms / r.median_ms:.2f}x dense"
+                ok = r.median_ms <= deq.median_ms
         elif r.operation.startswith("Linear4bit") and base:
             deq = by_op.get(("kbit", r.operation.replace("Linear4bit", "dequantize_4bit + F.linear"), "user"))
             if deq:
@@ -514,7 +547,7 @@ def run(size: int, repeats: int, threads: int | None, shapes: list[tuple[int, in
             rows += round_robin(gemv_ops(torch, [shape], stack_bytes), repeats)
     if "linear" in sections:
         for group in linear4bit_ops(torch, shapes[0], stack_bytes):
-            rows += round_robin(group, max(1, repeats // 2) if "512" in group[0].operation else repeats)
+            rows += round_robin(group, max(1, repeats // 2) if " batch 512 " in group[0].operation else repeats)
         rows += round_robin(linear8bit_ops(torch, size), repeats)
     read = next((r.gbps for r in rows if r.operation.startswith("sum (read")), None)
     copy = next((r.gbps for r in rows if r.operation.startswith("copy_")), None)

@@ -45,10 +45,17 @@ def test_bench_reports_every_operation_with_positive_figures():
         assert r["baseline"].startswith("F.linear") and r["baseline_ms"] > 0 and r["fraction"] > 0
         assert r["verdict"] in ("met", "MISSED") and "x dense" in r["target"]
         assert r["floor"] in ("read", "compute") and 0 < r["floor_ms"]
-    linear = [r for r in rows if r["operation"].startswith("Linear4bit")]
+    linear = [r for r in rows if r["operation"].startswith("Linear4bit") and "input gradient" not in r["operation"]]
     assert {r["operation"].rsplit(" ", 1)[1] for r in linear} == {"1", "2", "4", "8", "16", "64", "512"}
     for r in linear:
         assert r["baseline_ms"] > 0 and r["verdict"] in ("met", "MISSED") and "dequantize + F.linear" in r["target"]
+    # the input gradient (QLoRA's backward) at the same batches, against grad @ dequantize_4bit(W) and dense
+    backward = [r for r in rows if r["operation"].startswith("Linear4bit input gradient")]
+    assert {(r["operation"].split()[3], r["operation"].rsplit(" ", 1)[1]) for r in backward} == \
+        {(d, b) for d in ("fp32", "bf16") for b in ("1", "2", "4", "8", "16", "64", "512")}
+    for r in backward:
+        assert r["baseline"].startswith("grad @ W") and r["baseline_ms"] > 0 and r["fraction"] > 0
+        assert r["verdict"] in ("met", "MISSED") and "dequantize + grad @ W" in r["target"]
     assert any(r["library"] == "bitsandbytes" for r in rows)  # measured, or why not
 
 
