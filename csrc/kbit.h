@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a meaning below changes; the Python loader refuses any other value. */
-#define KBIT_ABI_VERSION 5
+#define KBIT_ABI_VERSION 6
 
 /* Every constant of this ABI is written here once. kbit._abi (python/kbit/_abi.py) holds the Python copy;
  * tests/runtime/test_abi.py parses this header and fails when the two differ (enums, defines, structs, prototypes). */
@@ -155,6 +155,15 @@ KBIT_API int kbit_dequantize_4bit(int32_t dtype, int32_t quant_type, const uint8
 KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, const uint8_t* packed,
                             const float* absmax, const void* bias, void* out, int64_t rows, int64_t out_features,
                             int64_t in_features, int32_t blocksize, void* stream, int32_t num_threads);
+
+/* The transposed product, the input gradient of a 4-bit linear layer: out[m, k] = sum_j G[m, j] * W[j, k] for G
+ * (rows x out_features, dtype, row-major), W quantized as for kbit_gemv_4bit, out (rows x in_features, dtype).
+ * Fused multiply-adds in float32 over 32 consecutive chunks of W's rows, the chunk sums added in order and
+ * rounded once (blockwise4.h), so the result does not depend on num_threads, the instruction set or the backend.
+ * out_features == 0 gives zeros. New in ABI 6. */
+KBIT_API int kbit_gemv_4bit_t(int32_t dtype, int32_t quant_type, const void* G, const uint8_t* packed,
+                              const float* absmax, void* out, int64_t rows, int64_t out_features, int64_t in_features,
+                              int32_t blocksize, void* stream, int32_t num_threads);
 /* ---- optimizers: one fused update step over n elements (numerics in csrc/numerics/optim.h) ----
  * optimizer: a kbit_optimizer; dtype is that of p and g; the update runs in float32 and p is rounded to
  * nearest-even. params: the step's scalars (kbit_optim_params, host memory, never NULL). state2 / absmax2 are

@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
   __typeof__(&kbit_quantize_4bit) q4 = LOAD(lib, kbit_quantize_4bit);
   __typeof__(&kbit_dequantize_4bit) dq4 = LOAD(lib, kbit_dequantize_4bit);
   __typeof__(&kbit_gemv_4bit) gemv = LOAD(lib, kbit_gemv_4bit);
-  if (!abi_version || !build_info || !last_error || !q8 || !dq8 || !q4 || !dq4 || !gemv) {
+  __typeof__(&kbit_gemv_4bit_t) gemv_t = LOAD(lib, kbit_gemv_4bit_t);
+  if (!abi_version || !build_info || !last_error || !q8 || !dq8 || !q4 || !dq4 || !gemv || !gemv_t) {
     printf("FAIL a kbit_* symbol is missing from %s\n", argv[1]);
     return 1;
   }
@@ -150,6 +151,17 @@ int main(int argc, char** argv) {
            "gemv_4bit, 1 thread");
     expect(memcmp(y, y1, sizeof y) == 0, "gemv_4bit does not depend on the thread count");
     printf("gemv fp4 1000x%d %016llx\n", (int)k, (unsigned long long)fnv1a(y, sizeof y));
+  }
+
+  /* gemv_4bit_t (G @ W, blockwise4.h's transposed order) with the same weight: 3 rows of G over its first 1000
+   * rows, in_features 64 (the chunked tiles on x86-64) and 70 (the row path). The same bytes everywhere. */
+  for (int64_t k = 64; k <= 70; k += 6) {
+    float y[3 * 70], y1[3 * 70];
+    expect(gemv_t(KBIT_F32, KBIT_FP4, a, codes, absmax, y, 3, 1000, k, 64, NULL, THREADS) == KBIT_OK, "gemv_4bit_t");
+    expect(gemv_t(KBIT_F32, KBIT_FP4, a, codes, absmax, y1, 3, 1000, k, 64, NULL, 1) == KBIT_OK,
+           "gemv_4bit_t, 1 thread");
+    expect(memcmp(y, y1, sizeof(float) * 3 * k) == 0, "gemv_4bit_t does not depend on the thread count");
+    printf("gemv_t fp4 1000x%d %016llx\n", (int)k, (unsigned long long)fnv1a(y, sizeof(float) * 3 * k));
   }
 
   /* a refused argument: a status and a message, never a crash */

@@ -105,6 +105,22 @@ inline int check_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, con
   return KBIT_OK;
 }
 
+/* kbit_gemv_4bit_t: G (rows x out_features), out (rows x in_features). */
+inline int check_gemv_4bit_t(int32_t dtype, int32_t quant_type, const void* G, const void* packed, const void* absmax,
+                             const void* out, int64_t rows, int64_t out_features, int64_t in_features,
+                             int32_t blocksize) {
+  if (int s = check_4bit_format(dtype, quant_type, blocksize)) return s;
+  KBIT_CHECK(rows >= 0 && out_features >= 0 && in_features >= 0, KBIT_ERR_INVALID_ARGUMENT,
+             "negative size: rows = %lld, out_features = %lld, in_features = %lld", static_cast<long long>(rows),
+             static_cast<long long>(out_features), static_cast<long long>(in_features));
+  KBIT_CHECK(in_features == 0 || out_features <= INT64_MAX / in_features, KBIT_ERR_INVALID_ARGUMENT,
+             "out_features * in_features overflows int64");
+  KBIT_CHECK(rows * in_features == 0 || out != nullptr, KBIT_ERR_INVALID_ARGUMENT, "out is NULL");
+  KBIT_CHECK(rows * in_features == 0 || out_features == 0 || (G != nullptr && packed != nullptr && absmax != nullptr),
+             KBIT_ERR_INVALID_ARGUMENT, "G, packed or absmax is NULL with a non-empty product");
+  return KBIT_OK;
+}
+
 /* LLM.int8 (numerics/int8.h): rows x cols, row-major. */
 inline int check_int8_sizes(int64_t rows, int64_t cols) {
   KBIT_CHECK(rows >= 0 && cols >= 0, KBIT_ERR_INVALID_ARGUMENT, "negative size: rows = %lld, cols = %lld",

@@ -113,11 +113,11 @@ KBIT_ALWAYS_INLINE void decode_scalar_tail(const uint8_t* packed, int64_t first,
 
 // ------------------------------------------------------------------------------------------ row decode
 
-/* Weight row `row` (elements row*K .. row*K+K-1 of the flat quantized tensor) as float32. Blocks may span rows
- * and a row may start at an odd nibble (odd K), so the row is cut at block boundaries. */
-void decode_row_base(const uint8_t* packed, const float* absmax, int64_t row, int64_t K, int32_t log2_bs,
+/* K consecutive elements first .. first + K - 1 of the flat quantized tensor (a weight row, or a part of one) as
+ * float32. Blocks may span rows and a row may start at an odd nibble (odd K), so the range is cut at block
+ * boundaries. */
+void decode_row_base(const uint8_t* packed, const float* absmax, int64_t first, int64_t K, int32_t log2_bs,
                      const float* table, float* w) {
-  const int64_t first = row * K;
   for (int64_t k = 0; k < K;) {
     const Segment s = segment_at(first, k, K, log2_bs);
     float scaled[16];
@@ -129,9 +129,8 @@ void decode_row_base(const uint8_t* packed, const float* absmax, int64_t row, in
 
 #if KBIT_X86_DISPATCH
 /* The same values: whole bytes 4 at a time through the AVX2 lookup of simd4.h. */
-KBIT_TARGET_AVX2 void decode_row_avx2(const uint8_t* packed, const float* absmax, int64_t row, int64_t K,
+KBIT_TARGET_AVX2 void decode_row_avx2(const uint8_t* packed, const float* absmax, int64_t first, int64_t K,
                                       int32_t log2_bs, const float* table, float* w) {
-  const int64_t first = row * K;
   for (int64_t k = 0; k < K;) {
     const Segment s = segment_at(first, k, K, log2_bs);
     float scaled[16];
@@ -155,11 +154,10 @@ KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE __m512 scaled_values_avx512(__m512 values,
 /* The same values, 32 codes per step: 16 bytes split into nibbles in element order, widened to 32-bit indices
  * and looked up in the block's 16 values with one vpermps per 16. The block's values are table[c] * absmax, the
  * float32 product dequantize_4bit_value computes (a non-finite absmax gives the canonical NaN). */
-KBIT_TARGET_AVX512 void decode_row_avx512(const uint8_t* packed, const float* absmax, int64_t row, int64_t K,
+KBIT_TARGET_AVX512 void decode_row_avx512(const uint8_t* packed, const float* absmax, int64_t first, int64_t K,
                                           int32_t log2_bs, const float* table, float* w) {
   const __m512 values = _mm512_loadu_ps(table);
   const __m128i low4 = _mm_set1_epi8(15);
-  const int64_t first = row * K;
   for (int64_t k = 0; k < K;) {
     const Segment s = segment_at(first, k, K, log2_bs);
     const __m512 v = scaled_values_avx512(values, absmax[s.block]);
@@ -709,7 +707,8 @@ void gemv_chunked_avx2(const GemvProblem& p, int64_t first, int64_t last, float*
 using DecodeFn = void (*)(const uint8_t*, const float*, int64_t, int64_t, int32_t, const float*, float*);
 using DotsFn = void (*)(const float*, int64_t, int64_t, const float*, float*);
 
-/* The row-by-row copies: decode a weight row into a buffer, then every row of A against it. */
+/* The row-by-row copies: decode a weight row (decode(packed, absmax, first, count, ...): elements [first, first +
+ * count) of the flat tensor) into a buffer, then every row of A against it. */
 struct RowKernels {
   DecodeFn decode;
   DotsFn dots;
@@ -811,10 +810,240 @@ void gemv(const T* A, const uint8_t* packed, const float* absmax, const T* bias,
     LineBuffer w(static_cast<size_t>(p.K > 0 ? p.K : 1));
     std::vector<float> row_sums(static_cast<size_t>(p.M));
     for (int64_t j = first; j < last; ++j) {
-      kernels.decode(p.packed, p.absmax, j, p.K, p.log2_bs, p.table, w.data());
+      kernels.decode(p.packed, p.absmax, j * p.K, p.K, p.log2_bs, p.table, w.data());
       kernels.dots(p.a, p.M, p.K, w.data(), row_sums.data());
       write_outputs(row_sums.data(), 1, bias, out, M, N, j, j + 1);
     }
+  });
+}
+
+// ------------------------------------------------------------------------------------------ the transposed product
+
+/* gemv_4bit_t, out = G @ W (blockwise4.h's transposed order): every output out[m, k] is one sum over 32 chunks of
+ * weight rows, so a thread owns a range of columns k (whole outputs: the bits do not depend on the split). For
+ * kTBatch rows of G at a time (AVX2: 2, in registers), each chunk's sums start at zero and take the chunk's weight
+ * rows in increasing n, one fused step each; then they go into the running total `sums` (M x K, float32): the first
+ * chunk's sums are the total, each later one is added to it. The same GemvProblem as gemv, with `a` = G (M x N,
+ * float32) and N the weight's rows. */
+constexpr int64_t kTBatch = 8;    // rows of G per pass over the weight (row path and AVX-512)
+constexpr int64_t kTSlice = 256;  // columns per slice of the row path (its decode buffer and sums stay in L1)
+constexpr int64_t kTGroup = 128;  // columns per group of the chunked paths: one 64-byte line of every weight row
+constexpr int64_t kTAhead = 16;   // weight rows a chunked path prefetches ahead
+
+/* The weight rows of chunk c: [n0, n1). */
+struct RowChunk {
+  int64_t n0, n1;
+};
+
+inline RowChunk row_chunk(int64_t N, int c) {
+  const int64_t S = gemv_t_chunk_rows(N), n0 = c * S < N ? c * S : N;
+  return RowChunk{n0, n0 + S < N ? n0 + S : N};
+}
+
+/* A chunk's sums into the total: rows x len values of acc (row stride acc_stride; position i holds column order[i],
+ * or column i when order is NULL) to sums[m * K + column] (sums starts at the first column of the first row). Plain
+ * float32 additions. */
+void add_chunk(const float* acc, int64_t acc_stride, const int8_t* order, int64_t rows, int64_t len, bool first,
+               float* sums, int64_t K) {
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = acc[m * acc_stride + i];
+      float& total = sums[m * K + (order != nullptr ? order[i] : i)];
+      total = first ? v : total + v;
+    }
+}
+
+/* acc[i] = fma(g, w[i], acc[i]) for i in [0, n): one weight row's decoded values times one value of G. */
+using AxpyFn = void (*)(float g, const float* w, int64_t n, float* acc);
+
+void axpy_base(float g, const float* w, int64_t n, float* acc) {
+  for (int64_t i = 0; i < n; ++i) acc[i] = gemv_step(acc[i], g, w[i]);
+}
+
+#if KBIT_X86_DISPATCH
+KBIT_TARGET_AVX2 void axpy_avx2(float g, const float* w, int64_t n, float* acc) {
+  const __m256 gv = _mm256_set1_ps(g);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(gv, _mm256_loadu_ps(w + i), _mm256_loadu_ps(acc + i)));
+  for (; i < n; ++i) acc[i] = gemv_step(acc[i], g, w[i]);
+}
+
+KBIT_TARGET_AVX512 void axpy_avx512(float g, const float* w, int64_t n, float* acc) {
+  const __m512 gv = _mm512_set1_ps(g);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(gv, _mm512_loadu_ps(w + i), _mm512_loadu_ps(acc + i)));
+  for (; i < n; ++i) acc[i] = gemv_step(acc[i], g, w[i]);
+}
+#endif
+
+AxpyFn axpy_kernel() {
+#if KBIT_X86_DISPATCH
+  if (use_avx512()) return &axpy_avx512;
+  if (use_avx2()) return &axpy_avx2;
+#endif
+  return &axpy_base;
+}
+
+/* Columns [c0, c1) for any K and instruction set: each weight row's slice is decoded into an L1 buffer, then every
+ * row of G's pass takes it in one axpy. */
+void gemv_t_rows(const GemvProblem& p, int64_t c0, int64_t c1, float* sums) {
+  const DecodeFn decode = row_kernels().decode;
+  const AxpyFn axpy = axpy_kernel();
+  LineBuffer w_buffer(static_cast<size_t>(kTSlice)), acc_buffer(static_cast<size_t>(kTBatch * kTSlice));
+  float* w = w_buffer.data();
+  float* acc = acc_buffer.data();
+  for (int64_t m0 = 0; m0 < p.M; m0 += kTBatch) {
+    const int64_t rows = p.M - m0 < kTBatch ? p.M - m0 : kTBatch;
+    for (int64_t k0 = c0; k0 < c1; k0 += kTSlice) {
+      const int64_t len = c1 - k0 < kTSlice ? c1 - k0 : kTSlice;
+      for (int c = 0; c < kGemvTChunks; ++c) {
+        const RowChunk rc = row_chunk(p.N, c);
+        for (int64_t i = 0; i < rows * kTSlice; ++i) acc[i] = 0.0f;
+        for (int64_t n = rc.n0; n < rc.n1; ++n) {
+          decode(p.packed, p.absmax, n * p.K + k0, len, p.log2_bs, p.table, w);
+          for (int64_t m = 0; m < rows; ++m) axpy(p.a[(m0 + m) * p.N + n], w, len, acc + m * kTSlice);
+        }
+        add_chunk(acc, kTSlice, nullptr, rows, len, c == 0, sums + m0 * p.K + k0, p.K);
+      }
+    }
+  }
+}
+
+#if KBIT_X86_DISPATCH
+/* The chunked paths (K a multiple of 32): the 32 columns at k of a chunk's weight rows [n0, n1) are decoded in
+ * registers (decode_chunk_avx2 / the AVX-512 permutes of tile_chunked_avx512), MT rows of G in registers; `lanes`
+ * receives the MT x 32 sums in the register order, whose column offsets are kAvx2Order / kAvx512Order. */
+constexpr int8_t kAvx2Order[32] = {1,  3,  5,  7,  0,  2,  4,  6,  9,  11, 13, 15, 8,  10, 12, 14,
+                                   17, 19, 21, 23, 16, 18, 20, 22, 25, 27, 29, 31, 24, 26, 28, 30};
+constexpr int8_t kAvx512Order[32] = {0, 2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
+                                     1, 3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+
+template <int MT>
+KBIT_TARGET_AVX2 KBIT_ALWAYS_INLINE void cols_avx2(const GemvProblem& p, int64_t m0, int64_t k, RowChunk rc,
+                                                   float* lanes) {
+  const Planes t = table_planes_avx2(p);
+  __m256 acc[MT][4];
+  for (int m = 0; m < MT; ++m)
+    for (int h = 0; h < 4; ++h) acc[m][h] = _mm256_setzero_ps();
+  const float* g = p.a + m0 * p.N;
+  const int64_t stride = p.K / 2;
+  const uint8_t* src = p.packed + ((rc.n0 * p.K + k) >> 1);
+  for (int64_t n = rc.n0; n < rc.n1; ++n, src += stride) {
+    _mm_prefetch(reinterpret_cast<const char*>(src + kTAhead * stride), _MM_HINT_T0);
+    __m256 w[4];
+    decode_chunk_avx2(src, t, block_scale_avx2(p, n * p.K + k), w);
+    for (int m = 0; m < MT; ++m) {
+      const __m256 gv = _mm256_broadcast_ss(g + m * p.N + n);
+      for (int h = 0; h < 4; ++h) acc[m][h] = _mm256_fmadd_ps(gv, w[h], acc[m][h]);
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int h = 0; h < 4; ++h) _mm256_storeu_ps(lanes + m * kGemvLanes + 8 * h, acc[m][h]);
+}
+
+KBIT_TARGET_AVX2 void gemv_t_cols_avx2(const GemvProblem& p, int64_t mt, int64_t m0, int64_t k, RowChunk rc,
+                                       float* lanes) {
+  if (mt == 2) {
+    cols_avx2<2>(p, m0, k, rc, lanes);
+  } else {
+    cols_avx2<1>(p, m0, k, rc, lanes);
+  }
+}
+
+template <int MT>
+KBIT_TARGET_AVX512 KBIT_ALWAYS_INLINE void cols_avx512(const GemvProblem& p, int64_t m0, int64_t k, RowChunk rc,
+                                                       float* lanes) {
+  const __m512 values = _mm512_loadu_ps(p.table);
+  __m512 acc[MT][2];
+  for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+  const float* g = p.a + m0 * p.N;
+  const int64_t stride = p.K / 2;
+  const uint8_t* src = p.packed + ((rc.n0 * p.K + k) >> 1);
+  for (int64_t n = rc.n0; n < rc.n1; ++n, src += stride) {
+    const __m512 v = block_values_avx512(p, values, n * p.K + k);
+    const __m512i odd = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    const __m512 w0 = _mm512_permutexvar_ps(_mm512_srli_epi32(odd, 4), v), w1 = _mm512_permutexvar_ps(odd, v);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 gv = _mm512_set1_ps(g[m * p.N + n]);
+      acc[m][0] = _mm512_fmadd_ps(gv, w0, acc[m][0]);
+      acc[m][1] = _mm512_fmadd_ps(gv, w1, acc[m][1]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    _mm512_storeu_ps(lanes + m * kGemvLanes, acc[m][0]);
+    _mm512_storeu_ps(lanes + m * kGemvLanes + 16, acc[m][1]);
+  }
+}
+
+KBIT_TARGET_AVX512 void gemv_t_cols_avx512(const GemvProblem& p, int64_t mt, int64_t m0, int64_t k, RowChunk rc,
+                                           float* lanes) {
+  switch (mt) {
+    case 1: cols_avx512<1>(p, m0, k, rc, lanes); break;
+    case 2: cols_avx512<2>(p, m0, k, rc, lanes); break;
+    case 3: cols_avx512<3>(p, m0, k, rc, lanes); break;
+    case 4: cols_avx512<4>(p, m0, k, rc, lanes); break;
+    case 5: cols_avx512<5>(p, m0, k, rc, lanes); break;
+    case 6: cols_avx512<6>(p, m0, k, rc, lanes); break;
+    case 7: cols_avx512<7>(p, m0, k, rc, lanes); break;
+    default: cols_avx512<8>(p, m0, k, rc, lanes); break;
+  }
+}
+
+/* Columns [c0, c1) (multiples of 32) through an instruction set's column kernel: for each pass of up to max_mt rows
+ * of G and each group of kTGroup columns, chunk by chunk, the group's 32-column pieces one after the other (a
+ * chunk's weight rows are read from memory by the first piece and from L1 by the others). */
+using ColsFn = void (*)(const GemvProblem&, int64_t, int64_t, int64_t, RowChunk, float*);
+
+void gemv_t_chunked(const GemvProblem& p, ColsFn cols, int64_t max_mt, const int8_t* order, int64_t c0, int64_t c1,
+                    float* sums) {
+  LineBuffer lanes_buffer(static_cast<size_t>(kTBatch * kGemvLanes));
+  float* lanes = lanes_buffer.data();
+  for (int64_t m0 = 0; m0 < p.M; m0 += max_mt) {
+    const int64_t mt = p.M - m0 < max_mt ? p.M - m0 : max_mt;
+    for (int64_t g0 = c0; g0 < c1; g0 += kTGroup) {
+      const int64_t g1 = g0 + kTGroup < c1 ? g0 + kTGroup : c1;
+      for (int c = 0; c < kGemvTChunks; ++c) {
+        const RowChunk rc = row_chunk(p.N, c);
+        for (int64_t k = g0; k < g1; k += kGemvLanes) {
+          cols(p, mt, m0, k, rc, lanes);
+          add_chunk(lanes, kGemvLanes, order, mt, kGemvLanes, c == 0, sums + m0 * p.K + k, p.K);
+        }
+      }
+    }
+  }
+}
+#endif
+
+template <class T>
+void gemv_t(const T* G, const uint8_t* packed, const float* absmax, T* out, int64_t M, int64_t N, int64_t K,
+            int32_t bs, const float* table, int32_t threads) {
+  LineBuffer g_buffer;
+  const float* g = prepare_a(G, M, N, false, false, g_buffer);  // row-major float32
+  GemvProblem p{g, packed, absmax, table, M, N, K, log2_pow2(bs), {}};
+  fill_byte_planes(table, p.planes);
+  std::vector<float> sums(static_cast<size_t>(M * K));
+  const bool chunked = use_chunked(K);
+  const int64_t units = (K + kGemvLanes - 1) / kGemvLanes;  // threads take whole 32-column pieces
+  parallel_ranges(units, team_for(M * N * K, threads), [&](int64_t u0, int64_t u1) {
+    const int64_t c0 = u0 * kGemvLanes, c1 = u1 * kGemvLanes < K ? u1 * kGemvLanes : K;
+#if KBIT_X86_DISPATCH
+    if (chunked) {
+      if (use_avx512()) {
+        gemv_t_chunked(p, &gemv_t_cols_avx512, kTBatch, kAvx512Order, c0, c1, sums.data());
+      } else {
+        gemv_t_chunked(p, &gemv_t_cols_avx2, 2, kAvx2Order, c0, c1, sums.data());
+      }
+    } else {
+      gemv_t_rows(p, c0, c1, sums.data());
+    }
+#else
+    (void)chunked;
+    gemv_t_rows(p, c0, c1, sums.data());
+#endif
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = c0; k < c1; ++k) out[m * K + k] = from_float<T>(sums[m * K + k]);
   });
 }
 
@@ -838,6 +1067,26 @@ KBIT_API int kbit_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, co
       using T = kbit::dtype_t<decltype(tag)>;
       kbit::gemv(static_cast<const T*>(A), packed, absmax, static_cast<const T*>(bias), static_cast<T*>(out), M, N, K,
                  blocksize, table, num_threads);
+      return KBIT_OK;
+    });
+  });
+}
+
+KBIT_API int kbit_gemv_4bit_t(int32_t dtype, int32_t quant_type, const void* G, const uint8_t* packed,
+                              const float* absmax, void* out, int64_t rows, int64_t out_features, int64_t in_features,
+                              int32_t blocksize, void* stream, int32_t num_threads) {
+  return kbit::guarded("kbit_gemv_4bit_t", [&]() -> int {
+    if (int s = kbit::check_gemv_4bit_t(dtype, quant_type, G, packed, absmax, out, rows, out_features, in_features,
+                                        blocksize))
+      return s;
+    if (int s = kbit::check_host_launch(stream, num_threads)) return s;
+    if (rows == 0 || in_features == 0) return KBIT_OK;
+    const float* table = quant_type == KBIT_FP4 ? kbit::kFp4Values : kbit::kNf4Values;
+    const int64_t M = rows, N = out_features, K = in_features;
+    return kbit::dispatch(dtype, [&](auto tag) {
+      using T = kbit::dtype_t<decltype(tag)>;
+      kbit::gemv_t(static_cast<const T*>(G), packed, absmax, static_cast<T*>(out), M, N, K, blocksize, table,
+                   num_threads);
       return KBIT_OK;
     });
   });

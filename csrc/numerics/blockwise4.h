@@ -42,6 +42,16 @@
  *    rounding to A's dtype adds at most u_T * |y32| (u_T = 2^-11 for float16, 2^-8 for bfloat16, 0 for float32).
  *    tests/ops/test_gemv4.py checks this bound, and checks the order bit for bit against a correctly rounded
  *    fused multiply-add computed in float64 with round-to-odd.
+ *  - Transposed gemv (gemv_4bit_t, Linear4bit's input gradient): y[m, k] = sum_n G[m, n] * w[n, k] over the N
+ *    weight rows, w as above, summed in float32 in a fixed order: the rows are cut into kGemvTChunks = 32
+ *    consecutive chunks of S = ceil(N / 32) rows (chunk c holds rows c S .. min(N, (c + 1) S) - 1, and may be
+ *    empty); a chunk's sum starts at +0.0 and runs over its rows in increasing n, each step one fused multiply-add
+ *    (gemv_step); the 32 chunk sums are then added in chunk order, ((s0 + s1) + s2) + ... + s31, and the total is
+ *    rounded to G's dtype. Every output is one such sum, so a CPU thread owns whole outputs (columns k) and a CUDA
+ *    block sums a chunk per warp; the bits do not depend on the thread count, the instruction set or the backend.
+ *    Error bound against float64 (as above): n = ceil(N / 32) + 31 roundings at most per term, so
+ *        |y32 - y64| <= gamma_n * sum_n |G[m, n] * w[n, k]|,
+ *    plus u_T * |y32| for the final rounding to G's dtype. tests/ops/test_gemv4t.py checks both.
  * Compiled with floating-point contraction off on every path, so CPU and GPU produce the same bits.
  */
 #pragma once
@@ -61,6 +71,10 @@ namespace kbit {
 constexpr uint8_t kNf4ZeroCode = 7;  // the code of 0.0, also the padding nibble
 constexpr uint8_t kFp4ZeroCode = 0;
 constexpr int kGemvLanes = 32;
+constexpr int kGemvTChunks = 32;  // chunks of weight rows in the transposed gemv's order
+
+/* Rows per chunk of the transposed gemv (S above) for N weight rows; chunk c starts at min(N, c * S). */
+KBIT_HD int64_t gemv_t_chunk_rows(int64_t N) { return (N + kGemvTChunks - 1) / kGemvTChunks; }
 
 /* The code of 0.0 for a quant type (KBIT_NF4 or KBIT_FP4). */
 KBIT_HD uint8_t zero_code_4bit(int32_t quant_type) { return quant_type == KBIT_FP4 ? kFp4ZeroCode : kNf4ZeroCode; }

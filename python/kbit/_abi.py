@@ -14,7 +14,7 @@ import ctypes
 
 from kbit import _errors
 
-ABI_VERSION = 5  # KBIT_ABI_VERSION
+ABI_VERSION = 6  # KBIT_ABI_VERSION
 
 # kbit_status
 OK, ERR_INVALID_ARGUMENT, ERR_NO_DRIVER, ERR_NO_DEVICE, ERR_NO_KERNEL_IMAGE, ERR_CUDA, ERR_INTERNAL = range(7)
@@ -75,6 +75,7 @@ PROTOTYPES: dict[str, tuple[type, tuple]] = {
     "kbit_quantize_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
     "kbit_dequantize_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _i64, _i32, _vp, _i32)),
     "kbit_gemv_4bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _vp, _vp, _i64, _i64, _i64, _i32, _vp, _i32)),
+    "kbit_gemv_4bit_t": (_c_int, (_i32, _i32, _vp, _vp, _vp, _vp, _i64, _i64, _i64, _i32, _vp, _i32)),
     "kbit_optimizer_update_32bit": (_c_int, (_i32, _i32, _vp, _vp, _vp, _vp, _i64, _params, _vp, _i32)),
     "kbit_optimizer_update_8bit_blockwise": (_c_int, (_i32, _i32, _vp, _vp, _vp, _vp, _vp, _vp, _i64, _params,
                                                       _vp, _i32)),

@@ -1,16 +1,17 @@
 """The matmul of a 4-bit linear layer: which path serves a batch, and the dequantized-tile path.
 
-This module owns how Linear4bit multiplies (x @ W.T + b and, for the backward pass, grad @ W): a batch of at
-most GEMV_MAX_ROWS rows goes through the native gemv_4bit (which reads the 4-bit weight once and is
-bandwidth-bound); a larger one dequantizes the weight a tile of output rows at a time into a reused buffer, in
-the compute dtype, and runs torch's matmul on each tile, so that no full dense weight is allocated (and paged in)
-per call and each tile is multiplied while it is still in the cache. A tile's values are exactly those of
-dequantize_4bit(W) rounded to the compute dtype, so the result is torch's F.linear(x, dequantize_4bit(W)) up to
-the summation order of torch's matmul. On a CPU without native float16/bfloat16 matrix instructions torch's
-half-precision matmul is emulated and several times slower than its float32 one, so there the tiles and the
-batch are widened to float32 (exactly) and the product is rounded to the dtype once (matmul_dtype). The functions
-here take checked tensors; kbit._ops wraps them as custom
-ops; linear_4bit (re-exported by kbit.functional, called by kbit.nn.Linear4bit) is the checked entry point.
+This module owns how Linear4bit multiplies (x @ W.T + b and, for the backward pass, grad @ W): a batch of at most
+GEMV_MAX_ROWS rows goes through the native gemv_4bit (which reads the 4-bit weight once and is bandwidth-bound), and
+a gradient of at most GRAD_GEMV_MAX_ROWS rows through the native transposed gemv_4bit_t (the same single read of the
+weight, blockwise4.h's transposed order); a larger one dequantizes the weight a tile of output rows at a time into a
+reused buffer, in the compute dtype, and runs torch's matmul on each tile, so that no full dense weight is allocated
+(and paged in) per call and each tile is multiplied while it is still in the cache. A tile's values are exactly
+those of dequantize_4bit(W) rounded to the compute dtype, so the result is torch's F.linear(x, dequantize_4bit(W))
+up to the summation order of torch's matmul. On a CPU without native float16/bfloat16 matrix instructions torch's
+half-precision matmul is emulated and several times slower than its float32 one, so there the tiles and the batch
+are widened to float32 (exactly) and the product is rounded to the dtype once (matmul_dtype). The functions here
+take checked tensors; kbit._ops wraps them as custom ops; linear_4bit (re-exported by kbit.functional, called by
+kbit.nn.Linear4bit) is the checked entry point.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ import torch
 from kbit import _quant4
 
 GEMV_MAX_ROWS = 16  # rows up to which gemv_4bit beats dequantized tiles + matmul (ci/bench.py's Linear4bit rows)
+# rows of the gradient up to which gemv_4bit_t beats the tiles; float32 4096x4096 on an AVX2 Zen 3 (2 threads), per
+# layer: 8 rows 6.2 ms against 11.2 ms for the tiles, 16 rows ~20 ms against 17 ms (ci/bench.py's input-gradient rows)
+GRAD_GEMV_MAX_ROWS = 8
 TILE_BYTES = 16 << 20  # a tile of the dequantized weight: few enough torch matmul calls (each costs ~ms of thread start here)
 
 _scratch = threading.local()
@@ -128,9 +132,12 @@ def linear(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, bias: to
 
 def grad_input(grad: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, in_features: int, blocksize: int,
                quant_type: str) -> torch.Tensor:
-    """grad @ W (the gradient of x @ W.T with respect to x) in grad's dtype, tile by tile: no dense W."""
+    """grad @ W (the gradient of x @ W.T with respect to x) in grad's dtype: gemv_4bit_t's bits up to
+    GRAD_GEMV_MAX_ROWS rows, tile by tile above; never a dense W."""
     out_features = grad.shape[-1]
     rows = grad.numel() // out_features if out_features else math.prod(grad.shape[:-1])
+    if rows <= GRAD_GEMV_MAX_ROWS:
+        return _quant4.gemv_t_rows(grad, packed, absmax, in_features, blocksize, quant_type)
     product = _product_dtype(grad.dtype, grad.device)
     g2 = grad.reshape(rows, out_features).to(product)
     out = torch.zeros((rows, in_features), dtype=product, device=grad.device)

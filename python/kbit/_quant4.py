@@ -69,6 +69,21 @@ def gemv_rows(A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, bias:
     return out
 
 
+def gemv_t_rows(G: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, in_features: int, blocksize: int,
+                quant_type: str) -> torch.Tensor:
+    """The native transposed gemv G @ W of G (..., out_features) with a 2-D weight W (out_features, in_features)
+    (flat uint8 `packed`, float32 `absmax`), in G's dtype: Linear4bit's input gradient for small batches. The
+    caller has checked everything."""
+    g = G.contiguous()
+    out_features = g.shape[-1]
+    rows = g.numel() // out_features if out_features else math.prod(g.shape[:-1])
+    out = g.new_empty((*g.shape[:-1], in_features))
+    _dispatch.run(g, "grad", "kbit_gemv_4bit_t", _checks.DTYPE_IDS[g.dtype], _checks.QUANT_TYPES[quant_type],
+                  _dispatch.ptr(g), _dispatch.ptr(packed), _dispatch.ptr(absmax), _dispatch.ptr(out), rows,
+                  out_features, in_features, blocksize)
+    return out
+
+
 def quantize_4bit(A: torch.Tensor, blocksize: int = 64, quant_type: str = "nf4", compress_statistics: bool = False,
                   quant_storage: torch.dtype = torch.uint8) -> tuple[torch.Tensor, QuantState]:
     """4-bit blockwise quantization, NF4 or FP4 (bitsandbytes' format).
