@@ -23,6 +23,16 @@
 #define KBIT_TARGET_AVX2
 #define KBIT_TARGET_AVX512
 #define KBIT_ALWAYS_INLINE __forceinline
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && KBIT_EMULATE_AVX512
+/* Test builds only (cpu/avx512_emulated.h): the whole library compiled for AVX2 + FMA, the AVX-512 copies run on
+ * SIMDe's emulation of the intrinsics whatever the CPU has. */
+#define KBIT_X86_DISPATCH 1
+#define KBIT_X86_CPUID 0
+#include <immintrin.h>
+#include "cpu/avx512_emulated.h"
+#define KBIT_TARGET_AVX2
+#define KBIT_TARGET_AVX512
+#define KBIT_ALWAYS_INLINE inline __attribute__((always_inline))
 #elif (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define KBIT_X86_DISPATCH 1
 #define KBIT_X86_CPUID 0
@@ -38,7 +48,7 @@
 /* Keeps a loaded vector in a register. GCC and Clang otherwise fold the load into every instruction that uses it
  * (one multiply-add per weight row of a tile), which multiplies the loads of a loop bound by them. The empty asm
  * emits nothing. MSVC: nothing. */
-#if defined(__GNUC__) || defined(__clang__)
+#if (defined(__GNUC__) || defined(__clang__)) && !KBIT_EMULATE_AVX512
 #define KBIT_IN_REGISTER(v) __asm__("" : "+x"(v))
 #else
 #define KBIT_IN_REGISTER(v) ((void)0)
@@ -92,7 +102,11 @@ inline bool cpu_avx512f() {
 #else
 /* The same questions through GCC's and Clang's cpu model (it checks the OS's xgetbv state too). */
 inline bool cpu_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+#if KBIT_EMULATE_AVX512
+inline bool cpu_avx512f() { return true; }  // emulated (test builds)
+#else
 inline bool cpu_avx512f() { return __builtin_cpu_supports("avx512f"); }
+#endif
 #endif
 
 /* Whether the AVX2 copies run: the CPU (and OS) support AVX2 and FMA (the gemv's fused steps; every AVX2 CPU made
