@@ -89,15 +89,22 @@ inline int check_blockwise_4bit(int32_t dtype, int32_t quant_type, const void* i
   return KBIT_OK;
 }
 
-inline int check_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, const void* packed, const void* absmax,
-                           const void* out, int64_t rows, int64_t out_features, int64_t in_features,
-                           int32_t blocksize) {
+/* The format and sizes shared by gemv_4bit and gemv_4bit_t: a weight of out_features x in_features. */
+inline int check_gemv_shape(int32_t dtype, int32_t quant_type, int64_t rows, int64_t out_features, int64_t in_features,
+                            int32_t blocksize) {
   if (int s = check_4bit_format(dtype, quant_type, blocksize)) return s;
   KBIT_CHECK(rows >= 0 && out_features >= 0 && in_features >= 0, KBIT_ERR_INVALID_ARGUMENT,
              "negative size: rows = %lld, out_features = %lld, in_features = %lld", static_cast<long long>(rows),
              static_cast<long long>(out_features), static_cast<long long>(in_features));
   KBIT_CHECK(in_features == 0 || out_features <= INT64_MAX / in_features, KBIT_ERR_INVALID_ARGUMENT,
              "out_features * in_features overflows int64");
+  return KBIT_OK;
+}
+
+inline int check_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, const void* packed, const void* absmax,
+                           const void* out, int64_t rows, int64_t out_features, int64_t in_features,
+                           int32_t blocksize) {
+  if (int s = check_gemv_shape(dtype, quant_type, rows, out_features, in_features, blocksize)) return s;
   const bool weights = out_features * in_features > 0;
   KBIT_CHECK(rows * out_features == 0 || out != nullptr, KBIT_ERR_INVALID_ARGUMENT, "out is NULL");
   KBIT_CHECK(rows * out_features == 0 || !weights || (A != nullptr && packed != nullptr && absmax != nullptr),
@@ -109,12 +116,7 @@ inline int check_gemv_4bit(int32_t dtype, int32_t quant_type, const void* A, con
 inline int check_gemv_4bit_t(int32_t dtype, int32_t quant_type, const void* G, const void* packed, const void* absmax,
                              const void* out, int64_t rows, int64_t out_features, int64_t in_features,
                              int32_t blocksize) {
-  if (int s = check_4bit_format(dtype, quant_type, blocksize)) return s;
-  KBIT_CHECK(rows >= 0 && out_features >= 0 && in_features >= 0, KBIT_ERR_INVALID_ARGUMENT,
-             "negative size: rows = %lld, out_features = %lld, in_features = %lld", static_cast<long long>(rows),
-             static_cast<long long>(out_features), static_cast<long long>(in_features));
-  KBIT_CHECK(in_features == 0 || out_features <= INT64_MAX / in_features, KBIT_ERR_INVALID_ARGUMENT,
-             "out_features * in_features overflows int64");
+  if (int s = check_gemv_shape(dtype, quant_type, rows, out_features, in_features, blocksize)) return s;
   KBIT_CHECK(rows * in_features == 0 || out != nullptr, KBIT_ERR_INVALID_ARGUMENT, "out is NULL");
   KBIT_CHECK(rows * in_features == 0 || out_features == 0 || (G != nullptr && packed != nullptr && absmax != nullptr),
              KBIT_ERR_INVALID_ARGUMENT, "G, packed or absmax is NULL with a non-empty product");

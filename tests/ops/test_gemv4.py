@@ -242,23 +242,29 @@ def _path_results() -> list[torch.Tensor]:
 
 
 _PATH_SCRIPT = """
-import sys, torch
+import importlib, sys, torch
 sys.path.insert(0, sys.argv[1])
-from test_gemv4 import _path_results
-torch.save(_path_results(), sys.argv[2])
+torch.save(importlib.import_module(sys.argv[2])._path_results(), sys.argv[3])
 """
 
 
-@pytest.mark.parametrize("forced", ["KBIT_CPU_BASELINE", "KBIT_CPU_NO_AVX512"])
-def test_every_instruction_set_writes_the_same_bits(tmp_path, forced):
+def results_under(forced: str, module: str, tmp_path) -> list[torch.Tensor]:
+    """`module`._path_results() (a test module of this folder) computed in a subprocess with `forced`=1
+    (KBIT_CPU_BASELINE or KBIT_CPU_NO_AVX512); skips where that changes nothing here."""
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     wide = " avx512f" if forced == "KBIT_CPU_NO_AVX512" else " avx2"
     if wide not in flags or os.environ.get("KBIT_CPU_BASELINE") == "1" or os.environ.get(forced) == "1":
         pytest.skip(f"this CPU has no{wide}, or the environment already forces {forced}=1")
     path = tmp_path / "forced.pt"
-    args = [sys.executable, "-c", _PATH_SCRIPT, os.path.dirname(__file__), str(path)]
+    args = [sys.executable, "-c", _PATH_SCRIPT, os.path.dirname(__file__), module, str(path)]
     subprocess.run(args, check=True, env=dict(os.environ, **{forced: "1"}))
-    here, there = _path_results(), torch.load(path)
+    return torch.load(path)
+
+
+@pytest.mark.parametrize("forced", ["KBIT_CPU_BASELINE", "KBIT_CPU_NO_AVX512"])
+def test_every_instruction_set_writes_the_same_bits(tmp_path, forced):
+    there = results_under(forced, "test_gemv4", tmp_path)
+    here = _path_results()
     assert len(here) == len(there) == 5 * 3 * 9
     for i, (x, y) in enumerate(zip(here, there)):
         assert torch.equal(bits(x), bits(y)), f"result {i} differs under {forced}=1"

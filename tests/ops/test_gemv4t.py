@@ -9,13 +9,10 @@ G's dtype once.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from test_gemv4 import DTYPES, bits, fma32, weight_float32
+from test_gemv4 import DTYPES, bits, fma32, results_under, weight_float32
 
 import kbit
 from kbit import _matmul4, _quant4
@@ -197,24 +194,10 @@ def _path_results() -> list[torch.Tensor]:
     return results
 
 
-_PATH_SCRIPT = """
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-from test_gemv4t import _path_results
-torch.save(_path_results(), sys.argv[2])
-"""
-
-
 @pytest.mark.parametrize("forced", ["KBIT_CPU_BASELINE", "KBIT_CPU_NO_AVX512"])
 def test_every_instruction_set_writes_the_same_bits(tmp_path, forced):
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    wide = " avx512f" if forced == "KBIT_CPU_NO_AVX512" else " avx2"
-    if wide not in flags or os.environ.get("KBIT_CPU_BASELINE") == "1" or os.environ.get(forced) == "1":
-        pytest.skip(f"this CPU has no{wide}, or the environment already forces {forced}=1")
-    path = tmp_path / "forced.pt"
-    args = [sys.executable, "-c", _PATH_SCRIPT, os.path.dirname(__file__), str(path)]
-    subprocess.run(args, check=True, env=dict(os.environ, **{forced: "1"}))
-    here, there = _path_results(), torch.load(path)
+    there = results_under(forced, "test_gemv4t", tmp_path)
+    here = _path_results()
     assert len(here) == len(there) == 5 * 3 * 6
     assert any(not torch.isfinite(x).all() for x in here)  # the inf block reaches the outputs
     for i, (x, y) in enumerate(zip(here, there)):
